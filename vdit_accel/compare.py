@@ -1,0 +1,120 @@
+"""Dense and accelerated generation side by side: same pipeline, prompt, seed and steps; timings and quality.
+
+Used by ``vdit-accel generate``, the demo, the VBench runner and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .api import disable_acceleration, enable_acceleration, summary
+from .config import AccelerationConfig
+
+
+@dataclass
+class GenerationSettings:
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int = 0
+    num_inference_steps: int = 20
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    guidance_scale: float | None = None
+    max_sequence_length: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("`prompt` is empty; describe the video to generate, e.g. 'a red circle moving right'.")
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive int, got {self.num_inference_steps!r}.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"`seed` must be a non-negative int, got {self.seed!r}.")
+
+    def pipeline_kwargs(self, pipe) -> dict[str, Any]:
+        params = inspect.signature(pipe.__call__).parameters
+        kw: dict[str, Any] = dict(prompt=self.prompt, num_inference_steps=self.num_inference_steps,
+                                  generator=torch.Generator("cpu").manual_seed(self.seed), output_type="pt")
+        for name in ("negative_prompt", "height", "width", "num_frames", "guidance_scale", "max_sequence_length"):
+            value = getattr(self, name)
+            if value is not None and name in params:
+                kw[name] = value
+        kw.update(self.extra)
+        return kw
+
+
+@dataclass
+class Generation:
+    frames: torch.Tensor  # [F, C, H, W] float in [0, 1]
+    seconds: float
+
+
+def generate(pipe, settings: GenerationSettings, progress: bool = True) -> Generation:
+    """One timed pipeline call; returns frames ``[F, C, H, W]`` in [0, 1] (first video of the batch)."""
+    settings.validate()
+    pipe.set_progress_bar_config(disable=not progress)
+    kw = settings.pipeline_kwargs(pipe)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = pipe(**kw)
+    seconds = time.perf_counter() - t0
+    frames = out.frames
+    if isinstance(frames, list):
+        frames = frames[0]
+    frames = torch.as_tensor(frames)
+    if frames.dim() == 5:
+        frames = frames[0]
+    return Generation(frames=frames.float().clamp(0, 1).cpu(), seconds=seconds)
+
+
+@dataclass
+class Comparison:
+    dense: Generation
+    accelerated: Generation
+    metrics: dict[str, Any]
+    acceleration: dict[str, Any]
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.seconds / self.accelerated.seconds
+
+    def report(self) -> dict[str, Any]:
+        return dict(dense_seconds=self.dense.seconds, accelerated_seconds=self.accelerated.seconds,
+                    speedup=self.speedup, speedup_kind="measured wall-clock ratio, one run each, same process",
+                    quality=self.metrics, acceleration=self.acceleration)
+
+
+def compare(pipe, settings: GenerationSettings, config: AccelerationConfig, dense: Generation | None = None,
+            progress: bool = True) -> Comparison:
+    """Generate dense (unless ``dense`` is given, e.g. cached), then accelerated with ``config``; compare."""
+    from .quality import compare_videos
+
+    if dense is None:
+        dense = generate(pipe, settings, progress)
+    enable_acceleration(pipe, config)
+    try:
+        accelerated = generate(pipe, settings, progress)
+        info = summary(pipe)
+    finally:
+        disable_acceleration(pipe)
+    metrics = compare_videos(dense.frames, accelerated.frames)
+    return Comparison(dense=dense, accelerated=accelerated, metrics=metrics, acceleration=info)
+
+
+def save_video(frames: torch.Tensor, path: str, fps: int = 8) -> str:
+    """Write ``[F, C, H, W]`` frames in [0, 1] as an H.264 mp4 with imageio-ffmpeg."""
+    import imageio.v2 as imageio
+
+    arr = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    # macro_block_size=1 keeps tiny videos at their true size (ffmpeg would otherwise pad to multiples of 16)
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                            ffmpeg_log_level="error") as writer:
+        for frame in arr:
+            writer.append_data(frame)
+    return path

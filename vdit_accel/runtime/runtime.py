@@ -1,0 +1,140 @@
+"""Shared per-transformer runtime: which step and CFG branch is running, the active token selection, statistics.
+
+One :class:`AccelRuntime` is attached to an accelerated transformer. The step tracker hook (on the transformer)
+fills in the step; block hooks set :attr:`AccelRuntime.selection` around each block's forward; processors and
+row-subset hooks inside the block read it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..kernels import gather_rows, query_sparse_attention
+
+
+@dataclass
+class Selection:
+    """The tokens a block recomputes in the current call.
+
+    ``index`` is ``[B, K]`` (sorted, long) into the block's video tokens, or ``None`` when every token is computed.
+    ``lse`` receives the per-token log-sum-exp (mean over heads, ``[B, K]``) from the self-attention processor.
+    """
+
+    num_video: int
+    index: torch.Tensor | None = None
+    text_len: int = 0
+    lse: torch.Tensor | None = None
+    block_name: str = ""
+
+    @property
+    def num_selected(self) -> int:
+        return self.num_video if self.index is None else self.index.shape[1]
+
+    def rows(self, layout: str, seq_len: int) -> torch.Tensor | None:
+        """Row indices ``[B, R]`` into a tensor laid out as ``layout`` (``"video"``, ``"text_video"``,
+        ``"video_text"``), or ``None`` when every row is computed."""
+        if self.index is None:
+            return None
+        text = seq_len - self.num_video
+        if layout == "video":
+            return self.index
+        b = self.index.shape[0]
+        if layout == "text_video":
+            text_rows = torch.arange(text, device=self.index.device).expand(b, -1)
+            return torch.cat([text_rows, self.index + text], dim=1)
+        if layout == "video_text":
+            text_rows = torch.arange(self.num_video, seq_len, device=self.index.device).expand(b, -1)
+            return torch.cat([self.index, text_rows], dim=1)
+        raise ValueError(f"unknown token layout {layout!r}")
+
+    def gather(self, x: torch.Tensor, layout: str = "video") -> torch.Tensor:
+        rows = self.rows(layout, x.shape[1])
+        return x if rows is None else gather_rows(x, rows)
+
+    def scatter(self, y: torch.Tensor, seq_len: int, layout: str = "video") -> torch.Tensor:
+        """Place computed rows ``y`` ``[B, R, C]`` into a zero tensor ``[B, seq_len, C]``; unselected rows are 0
+        (they are replaced by cached results at the end of the block)."""
+        rows = self.rows(layout, seq_len)
+        if rows is None:
+            return y
+        full = y.new_zeros(y.shape[0], seq_len, *y.shape[2:])
+        view = rows.view(*rows.shape, *([1] * (y.dim() - 2))).expand(-1, -1, *y.shape[2:])
+        return full.scatter_(1, view, y)
+
+
+@dataclass
+class StepRecord:
+    """Token counts of one transformer call (one step of one CFG branch), summed over blocks."""
+
+    step: int
+    context: str
+    budget: float
+    batch: int
+    video_tokens: int = 0  # per block, per sample
+    blocks: int = 0
+    attention_queries: int = 0  # video query rows through self-attention, all blocks, all samples
+    cross_attention_tokens: int = 0
+    ffn_tokens: int = 0
+    attention_keys: int = 0  # video key rows seen by self-attention (always all tokens)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AccelRuntime:
+    """State shared by the hooks and processors of one accelerated transformer."""
+
+    budgets: list[float] | None = None
+    step: int = 0
+    num_steps: int = 0
+    context: str = "default"
+    selection: Selection | None = None
+    records: list[StepRecord] = field(default_factory=list)
+    step_resolver: Callable[[Any], tuple[int, int]] | None = None
+    # per-run data for visualisation: step -> context -> block -> index (only when record_masks is on)
+    record_masks: bool = False
+    masks: dict = field(default_factory=lambda: defaultdict(dict))
+    grid: tuple[int, int, int] | None = None
+    # seams used by the self-attention processors (see adapters/base.py::QuerySparseProcessorBase.attend)
+    qk_transforms: list[Callable] = field(default_factory=list)
+    attention_fn: Callable = query_sparse_attention
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def budget(self) -> float:
+        if self.budgets is None:
+            return 1.0
+        return self.budgets[min(self.step, len(self.budgets) - 1)]
+
+    @property
+    def current(self) -> StepRecord | None:
+        return self.records[-1] if self.records else None
+
+    def count(self, kind: str, n: int) -> None:
+        rec = self.current
+        if rec is not None:
+            setattr(rec, kind, getattr(rec, kind) + int(n))
+
+    def reset_records(self) -> None:
+        self.records.clear()
+        self.masks = defaultdict(dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Per-step token counts, summed over CFG branches: what ran, not what was skipped."""
+        steps: dict[int, dict[str, Any]] = {}
+        for r in self.records:
+            s = steps.setdefault(r.step, dict(step=r.step, budget=r.budget, calls=0, attention_queries=0,
+                                              cross_attention_tokens=0, ffn_tokens=0, dense_tokens=0))
+            s["calls"] += 1
+            for k in ("attention_queries", "cross_attention_tokens", "ffn_tokens"):
+                s[k] += getattr(r, k)
+            s["dense_tokens"] += r.video_tokens * r.blocks * r.batch
+        out = [steps[k] for k in sorted(steps)]
+        total = sum(s["dense_tokens"] for s in out) or 1
+        computed = sum(s["ffn_tokens"] for s in out)
+        return dict(steps=out, computed_token_fraction=computed / total)
