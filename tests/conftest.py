@@ -1,0 +1,43 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import vdit_accel  # noqa: E402,F401  (registers DiffusionPipeline.enable_acceleration)
+from vdit_accel import testing  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def run_pipe(pipe, steps=6, seed=0, cfg=True, batch=1, height=64, width=64, frames=17, **extra):
+    # batch > 1 as a list of prompts: CogVideoXPipeline ignores num_videos_per_prompt
+    prompts = ["a dog dancing on the beach", "a red car in the city at night", "a cat running"][:batch]
+    kw = dict(prompt=prompts, height=height, width=width, num_frames=frames,
+              num_inference_steps=steps, max_sequence_length=16, output_type="pt",
+              generator=torch.Generator().manual_seed(seed), guidance_scale=6.0 if cfg else 1.0)
+    if cfg:
+        kw["negative_prompt"] = ["blurry low quality"] * batch
+    kw.update(extra)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        return pipe(**kw).frames
+
+
+FAMILIES = {
+    "wan": lambda: testing.build_tiny_wan_pipeline(),
+    "cogvideox-rope": lambda: testing.build_tiny_cogvideox_pipeline(use_rope=True),
+    "cogvideox-sincos": lambda: testing.build_tiny_cogvideox_pipeline(use_rope=False),
+}
+
+
+@pytest.fixture(params=list(FAMILIES), ids=list(FAMILIES))
+def tiny_pipe(request):
+    return FAMILIES[request.param]()
