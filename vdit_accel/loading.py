@@ -39,7 +39,7 @@ def load_pipeline(model: str | None = None, torch_dtype: torch.dtype = torch.flo
         from . import testing
 
         pipe = testing.build_tiny_wan_pipeline() if model == "tiny-wan" else testing.build_tiny_cogvideox_pipeline()
-        return pipe.to(device=device, dtype=torch_dtype)
+        return pipe.to(device) if torch_dtype == torch.float32 else pipe.to(device=device, dtype=torch_dtype)
     from diffusers import DiffusionPipeline
 
     try:
