@@ -67,7 +67,8 @@ def sdpa_query_sparse_attention(
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     if q.device.type == "cuda":
         if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qh, kh, vh, 0.0, False, False, scale=scale)[:2]
+            res = torch.ops.aten._scaled_dot_product_flash_attention(qh, kh, vh, 0.0, False, False, scale=scale)
+            out, lse = res[0], res[1]
         else:
             out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qh, kh, vh, None, True, scale=scale)[:2]
     else:

@@ -16,6 +16,21 @@ from ..dispatch import triton_interpret
 
 _LOG2E = 1.4426950408889634
 
+# The kernels use only triton builtins and their own @jit helpers, not the stdlib's @jit functions (tl.zeros,
+# tl.max, tl.sum): those are decorated when triton is first imported, often by diffusers before a test sets
+# TRITON_INTERPRET=1, and the interpreter cannot call them then. tl.reduce with these combiners is what tl.max and
+# tl.sum compile to.
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _sum_combine(a, b):
+    return a + b
+
 
 @triton.jit
 def _dot(a, b, acc, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
@@ -46,13 +61,13 @@ def _online_softmax_tile(acc, l_i, m_i, qt, k_base, v_base, start_n, S_KV, D, st
     else:
         kt = tl.load(k_ptrs)
         vt = tl.load(v_ptrs)
-    s = _dot(qt, tl.trans(kt), tl.zeros([qt.shape[0], BLOCK_N], dtype=tl.float32), DOT_F32, PRECISION) * qk_scale
+    s = _dot(qt, tl.trans(kt), tl.full([qt.shape[0], BLOCK_N], 0.0, dtype=tl.float32), DOT_F32, PRECISION) * qk_scale
     if MASK_N:
         s = tl.where(offs_n[None, :] < S_KV, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.reduce(s, 1, _max_combine))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + tl.reduce(p, 1, _sum_combine)
     acc = _dot(p.to(vt.dtype), vt, acc * alpha[:, None], DOT_F32, PRECISION)
     return acc, l_i, m_new
 
@@ -93,8 +108,8 @@ def _query_sparse_fwd_kernel(
     k_base = k + off_b * stride_kb + off_h * stride_kh
     v_base = v + off_b * stride_vb + off_h * stride_vh
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
     # Full key tiles without the row mask, then one masked tail tile: no multiple-of-BLOCK_N rule for S_KV.
     n_full = (S_KV // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
