@@ -127,3 +127,171 @@ def build_tiny_cogvideox_pipeline(use_rope: bool = True, num_layers: int = 2) ->
     scheduler = DDIMScheduler()
     return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                              scheduler=scheduler)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# More families (configs follow diffusers' tests/pipelines/{hunyuan_video,ltx,mochi,wan}; tokenizers offline)
+# ----------------------------------------------------------------------------------------------------------------
+def build_tiny_hunyuan_video_pipeline(num_layers: int = 1, num_single_layers: int = 1):
+    """Tiny ``HunyuanVideoPipeline``: Llama + CLIP text encoders from tiny configs, both with the offline word-level
+    tokenizer. Call it with ``prompt_template={"template": "{}", "crop_start": 0}`` (the default Llama chat template
+    assumes the real tokenizer) and ``max_sequence_length`` ≤ 64."""
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+
+    tokenizer = build_offline_t5_tokenizer(model_max_length=64)
+    tokenizer_2 = build_offline_t5_tokenizer(model_max_length=77)
+    torch.manual_seed(0)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=num_layers,
+        num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        mid_block_add_attention=True,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    torch.manual_seed(0)
+    text_encoder = LlamaModel(LlamaConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=0, hidden_size=16, intermediate_size=37, num_attention_heads=4,
+        num_key_value_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer), hidden_act="gelu",
+    )).eval()
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=0, hidden_size=8, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=len(tokenizer_2), hidden_act="gelu", projection_dim=32,
+        max_position_embeddings=77,
+    )).eval()
+    return HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+
+
+def build_tiny_ltx_pipeline(num_layers: int = 2):
+    """Tiny ``LTXPipeline`` (call with height/width multiples of 32 and ``num_frames = 8k + 1``)."""
+    from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
+
+    tokenizer = build_offline_t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+        cross_attention_dim=32, num_layers=num_layers, caption_channels=32,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=8, block_out_channels=(8, 8, 8, 8), spatio_temporal_scaling=(True, True, False, False),
+        layers_per_block=(1, 1, 1, 1, 1), patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    )
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    torch.manual_seed(0)
+    text_encoder = build_tiny_t5(len(tokenizer), d_model=32)
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                       tokenizer=tokenizer, transformer=transformer)
+
+
+def build_tiny_mochi_pipeline(num_layers: int = 2):
+    """Tiny ``MochiPipeline`` (call with height/width multiples of 16 and ``num_frames = 6k + 1``). RoPE frequencies
+    stay random (diffusers' test zeroes them, which would make RoPE the identity)."""
+    from diffusers import AutoencoderKLMochi, MochiPipeline, MochiTransformer3DModel
+
+    tokenizer = build_offline_t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=num_layers, pooled_projection_dim=16,
+        in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=4,
+        activation_fn="swiglu", max_sequence_length=16,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLMochi(
+        latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
+    )
+    torch.manual_seed(0)
+    text_encoder = build_tiny_t5(len(tokenizer), d_model=32)
+    return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                         tokenizer=tokenizer, transformer=transformer)
+
+
+def _tiny_wan_transformer(seed: int, num_layers: int = 2, in_channels: int = 16, image_dim: int | None = None):
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=image_dim,
+    )
+
+
+def build_tiny_wan22_pipeline(num_layers: int = 2, boundary_ratio: float = 0.875) -> WanPipeline:
+    """Tiny Wan 2.2 A14B-style ``WanPipeline``: a high-noise ``transformer`` and a low-noise ``transformer_2``
+    (different weights), switched at ``boundary_ratio * num_train_timesteps``."""
+    pipe = build_tiny_wan_pipeline(num_layers)
+    return WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                       scheduler=pipe.scheduler, transformer=pipe.transformer,
+                       transformer_2=_tiny_wan_transformer(1, num_layers), boundary_ratio=boundary_ratio)
+
+
+def build_tiny_wan_i2v_pipeline(num_layers: int = 2):
+    """Tiny Wan 2.1-style ``WanImageToVideoPipeline``: a CLIP vision encoder (17 image tokens for a 16×16 image) whose
+    tokens enter every block's cross-attention through ``attn2.add_k_proj``/``add_v_proj``. The text is padded to
+    512 tokens (``WanAttnProcessor`` splits image and text at 512)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    try:  # transformers >= 5 without torchvision: the PIL backend (CLIPImageProcessor would warn and fall back)
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import CLIPImageProcessor
+
+    from diffusers import WanImageToVideoPipeline
+
+    pipe = build_tiny_wan_pipeline(num_layers)
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+        intermediate_size=16, patch_size=4,
+    )).eval()
+    image_processor = CLIPImageProcessor(crop_size=16, size=16)
+    return WanImageToVideoPipeline(
+        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, scheduler=pipe.scheduler,
+        image_processor=image_processor, image_encoder=image_encoder,
+        transformer=_tiny_wan_transformer(0, num_layers, in_channels=36, image_dim=4),
+    )
+
+
+def wan_prompt_embeds(pipe, prompt: str | list[str], max_sequence_length: int = 512) -> torch.Tensor:
+    """The UMT5 prompt embeddings Wan pipelines compute (valid tokens, then zeros), without ``ftfy``.
+
+    ``WanImageToVideoPipeline`` cleans prompts with ``ftfy`` unconditionally; pass these as ``prompt_embeds`` /
+    ``negative_prompt_embeds`` when ``ftfy`` is not installed."""
+    prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=max_sequence_length, truncation=True,
+                         add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    with torch.no_grad():
+        embeds = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state
+    return embeds * ids.attention_mask.unsqueeze(-1).to(embeds.dtype)
+
+
+def build_tiny_wan22_i2v_pipeline(num_layers: int = 2, boundary_ratio: float = 0.9):
+    """Tiny Wan 2.2 A14B-style ``WanImageToVideoPipeline``: two experts without an image encoder (``image_dim=None``;
+    the image enters only as the conditioning latents concatenated to the input channels)."""
+    from diffusers import WanImageToVideoPipeline
+
+    pipe = build_tiny_wan_pipeline(num_layers)
+    return WanImageToVideoPipeline(
+        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, scheduler=pipe.scheduler,
+        transformer=_tiny_wan_transformer(0, num_layers, in_channels=36),
+        transformer_2=_tiny_wan_transformer(1, num_layers, in_channels=36), boundary_ratio=boundary_ratio,
+    )
+
+
+def build_tiny_wan22_ti2v_pipeline(num_layers: int = 2) -> WanPipeline:
+    """Tiny Wan 2.2 TI2V-style ``WanPipeline`` (``expand_timesteps=True``): the transformer gets a per-token timestep
+    ``[B, F'·H'·W']`` and per-token modulation. (The real TI2V-5B also has a 48-channel VAE; irrelevant here.)"""
+    pipe = build_tiny_wan_pipeline(num_layers)
+    return WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                       scheduler=pipe.scheduler, transformer=pipe.transformer, expand_timesteps=True)

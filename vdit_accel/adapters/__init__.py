@@ -12,7 +12,7 @@ import torch
 
 from .base import ModelAdapter, QuerySparseProcessorBase
 
-_FAMILY_MODULES = ("wan", "cogvideox")
+_FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi")
 _REGISTRY: dict[type, ModelAdapter] = {}
 
 

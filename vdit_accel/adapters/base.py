@@ -28,6 +28,11 @@ class ModelAdapter:
         rope_groups_fn: ``(transformer) -> (t, h, w)`` channels per head of each 3-D RoPE group, or ``None``.
         cfg_batched: whether the pipeline runs CFG as one batched call (2B) instead of two calls.
         timestep_fn: maps the transformer's ``timestep`` argument to the scheduler's timestep.
+        token_wise_by_list: per block list, a ``token_wise`` dict replacing the default one (HunyuanVideo's dual- and
+            single-stream blocks have different per-token submodules).
+        token_counters: ``{submodule attribute: counter}`` overriding the statistics counter of a per-token
+            submodule (default: ``"cross_attention_tokens"`` if ``"attn"`` is in the name, else ``"ffn_tokens"``);
+            ``None`` counts nothing (for a second per-token linear of the same MLP, so tokens are not counted twice).
     """
 
     name: str
@@ -42,6 +47,8 @@ class ModelAdapter:
     timestep_fn: Callable[[Any], Any] = lambda t: t
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    token_wise_by_list: dict[str, dict[str, str]] = field(default_factory=dict)
+    token_counters: dict[str, str | None] = field(default_factory=dict)
 
     def blocks(self, transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         out = []
@@ -49,6 +56,15 @@ class ModelAdapter:
             for i, block in enumerate(getattr(transformer, list_name, None) or []):
                 out.append((f"{list_name}.{i}", block))
         return out
+
+    def token_wise_of(self, block_name: str) -> dict[str, str]:
+        """The per-token submodules of the block ``block_name`` (``"<block list>.<i>"``)."""
+        return self.token_wise_by_list.get(block_name.rsplit(".", 1)[0], self.token_wise)
+
+    def counter_of(self, submodule: str) -> str | None:
+        if submodule in self.token_counters:
+            return self.token_counters[submodule]
+        return "cross_attention_tokens" if "attn" in submodule else "ffn_tokens"
 
     def grid(self, transformer, args, kwargs):
         return self.grid_fn(transformer, args, kwargs)

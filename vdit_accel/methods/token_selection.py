@@ -85,7 +85,8 @@ class TokenSelectionBlockHook(ModelHook):
         if state.last_input is not None and (state.last_input.shape != x.shape or rt.step <= state.step):
             state.reset()  # a new run, or a new resolution / batch size
         budget = rt.budget if state.is_valid_for(x, rt.step) else 1.0
-        index = select_tokens(state, x, budget, self.config) if budget < 1.0 else None
+        selector = rt.extras.get("select_tokens", select_tokens)  # seam: per-shard selection (parallel.py)
+        index = selector(state, x, budget, self.config) if budget < 1.0 else None
         text_len = 0
         if md.encoder_hidden_states_argument_name:
             enc = md._get_parameter_from_args_kwargs(md.encoder_hidden_states_argument_name, args, kwargs)
@@ -143,7 +144,7 @@ class RowSubsetHook(ModelHook):
     """Runs a per-token submodule (cross-attention, FFN) on the selected rows only and scatters the result back into
     a full-length tensor (unselected rows are zero; the block hook replaces them with cached results)."""
 
-    def __init__(self, runtime: AccelRuntime, layout: str, counter: str):
+    def __init__(self, runtime: AccelRuntime, layout: str, counter: str | None):
         super().__init__()
         self.runtime = runtime
         self.layout = layout
@@ -155,7 +156,8 @@ class RowSubsetHook(ModelHook):
             return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
         seq_len = hidden_states.shape[1]
         rows = sel.gather(hidden_states, self.layout)
-        self.runtime.count(self.counter, rows.shape[0] * (rows.shape[1] - (seq_len - sel.num_video)))
+        if self.counter is not None:
+            self.runtime.count(self.counter, rows.shape[0] * (rows.shape[1] - (seq_len - sel.num_video)))
         out = self.fn_ref.original_forward(rows, *args, **kwargs)
         return sel.scatter(out, seq_len, self.layout)
 
@@ -168,10 +170,9 @@ def apply_token_selection(transformer: torch.nn.Module, adapter, runtime: AccelR
     for block_name, block in adapter.blocks(transformer):
         attn = getattr(block, adapter.self_attention)
         originals[f"{block_name}.{adapter.self_attention}"] = attn.processor
-        for sub, layout in adapter.token_wise.items():
-            counter = "cross_attention_tokens" if "attn" in sub else "ffn_tokens"
+        for sub, layout in adapter.token_wise_of(block_name).items():
             HookRegistry.check_if_exists_or_initialize(getattr(block, sub)).register_hook(
-                RowSubsetHook(runtime, layout, counter), ROWS_HOOK)
+                RowSubsetHook(runtime, layout, adapter.counter_of(sub)), ROWS_HOOK)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(
             TokenSelectionBlockHook(runtime, config, block_name), BLOCK_HOOK)
     for name, proc in originals.items():
@@ -181,7 +182,7 @@ def apply_token_selection(transformer: torch.nn.Module, adapter, runtime: AccelR
 
 def remove_token_selection(transformer: torch.nn.Module, adapter, originals: dict[str, object]) -> None:
     for block_name, block in adapter.blocks(transformer):
-        for sub in adapter.token_wise:
+        for sub in adapter.token_wise_of(block_name):
             registry = getattr(getattr(block, sub), "_diffusers_hook", None)
             if registry is not None:
                 registry.remove_hook(ROWS_HOOK, recurse=False)

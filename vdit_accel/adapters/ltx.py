@@ -1,0 +1,67 @@
+"""LTX-Video (``LTXVideoTransformer3DModel``).
+
+Token layout: the pipeline packs the latents to ``[B, F'·H'·W', C]`` before the transformer (patch 1), so the grid
+comes from the ``num_frames`` / ``height`` / ``width`` forward arguments. ``attn1`` is self-attention over video only;
+RoPE is applied *before* the head split on the whole ``inner_dim`` (``(cos, sin)`` each ``[B, S, inner_dim]``, the
+t/h/w frequencies interleaved channel by channel, so there is no contiguous per-head t/h/w channel split).
+``attn2`` is cross-attention to text with an additive padding bias (untouched: it runs on the selected rows and
+sees every text key with its mask). CFG: one batched call (2B, ``cond_uncond``). diffusers ships a ``_cp_plan``.
+"""
+
+from __future__ import annotations
+
+from diffusers import LTXVideoTransformer3DModel
+from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+from .base import ModelAdapter, QuerySparseProcessorBase, bound_arg, gather_rope_rows
+
+
+class LTXQuerySparseAttnProcessor(QuerySparseProcessorBase):
+    """``attn1`` of ``LTXVideoTransformerBlock``: queries of the selected tokens only, keys/values of all tokens."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        sel = self.runtime.selection
+        if sel is None or encoder_hidden_states is not None or attention_mask is not None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        batch, seq_len, _ = hidden_states.shape
+        query = attn.norm_q(attn.to_q(sel.gather(hidden_states)))
+        key = attn.norm_k(attn.to_k(hidden_states))
+        value = attn.to_v(hidden_states)
+        if image_rotary_emb is not None:
+            cos, sin = image_rotary_emb
+            query = apply_rotary_emb(query, (gather_rope_rows(cos, sel.index, batch),
+                                             gather_rope_rows(sin, sel.index, batch)))
+            key = apply_rotary_emb(key, image_rotary_emb)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        out = self.attend(sel, query, key, value).flatten(2, 3).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return sel.scatter(out, seq_len)
+
+
+def _ltx_grid(transformer, args, kwargs):
+    # forward(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, num_frames, height, width, ...)
+    f, h, w = (bound_arg(name, pos, args, kwargs) for name, pos in (("num_frames", 4), ("height", 5), ("width", 6)))
+    if f is None or h is None or w is None:
+        n = bound_arg("hidden_states", 0, args, kwargs).shape[1]
+        raise ValueError(
+            "LTXVideoTransformer3DModel was called without `num_frames`/`height`/`width` (the latent grid of the "
+            f"{n} packed tokens); vdit-accel needs them. LTXPipeline passes them; pass them when calling the "
+            "transformer directly."
+        )
+    p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+    return int(f) // p_t, int(h) // p, int(w) // p
+
+
+ADAPTER = ModelAdapter(
+    name="ltx",
+    transformer_cls=LTXVideoTransformer3DModel,
+    block_lists=("transformer_blocks",),
+    self_attention="attn1",
+    token_wise={"attn2": "video", "ff": "video"},
+    make_processor=LTXQuerySparseAttnProcessor,
+    grid_fn=_ltx_grid,
+    rope_groups_fn=lambda transformer: None,  # t/h/w frequencies interleaved over inner_dim, not per-head groups
+    cfg_batched=True,
+    notes="self-attention query-sparse; cross-attention (with its text mask) and FFN on selected tokens",
+    extra={"cp_plan": None},  # diffusers' LTXVideoTransformer3DModel._cp_plan applies
+)

@@ -1,0 +1,106 @@
+"""Mochi (``MochiTransformer3DModel``).
+
+Token layout: joint attention over ``[video, valid text]`` per sample: ``MochiAttnProcessor2_0`` keeps, for each
+sample, only the text tokens its ``encoder_attention_mask`` marks valid (any positions, not only a prefix) and pads
+the text outputs back with zeros. RoPE is applied to the video queries/keys only, with learned per-head frequencies
+(``(cos, sin)`` each ``[S, heads, head_dim/2]``, even/odd channel pairs): every channel mixes t, h and w, so there are
+no t/h/w channel groups. ``MochiAttention`` is a plain module (no ``set_processor``): the processor is assigned to
+``attn1.processor``. Patch 2, spatial only (F' = F). The last block is ``context_pre_only`` (no text output
+projection). CFG: one batched call (2B, ``cond_uncond``); the transformer gets the scheduler's ``t`` (the pipeline's
+``current_timestep`` is ``1000 - t``, which the step tracker does not use).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import MochiTransformer3DModel
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+from .base import ModelAdapter, QuerySparseProcessorBase, gather_rope_rows
+from .joint import attend_joint
+
+
+def _mochi_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Mochi's even/odd RoPE (same arithmetic as ``MochiAttnProcessor2_0``) for ``x`` ``[B, S, H, D]``."""
+    x_even = x[..., 0::2].float()
+    x_odd = x[..., 1::2].float()
+    c = (x_even * cos - x_odd * sin).to(x.dtype)
+    s = (x_even * sin + x_odd * cos).to(x.dtype)
+    return torch.stack([c, s], dim=-1).flatten(-2)
+
+
+class MochiQuerySparseAttnProcessor(QuerySparseProcessorBase):
+    """``attn1`` of ``MochiTransformerBlock``: queries of the selected video tokens and of the valid text tokens,
+    keys/values of all video tokens and of the valid text tokens (per sample, as the original)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None):
+        sel = self.runtime.selection
+        if sel is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        batch, n_video, _ = hidden_states.shape
+        heads = (attn.heads, -1)
+        q = attn.to_q(sel.gather(hidden_states)).unflatten(2, heads)
+        k = attn.to_k(hidden_states).unflatten(2, heads)
+        v = attn.to_v(hidden_states).unflatten(2, heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        tq = attn.add_q_proj(encoder_hidden_states).unflatten(2, heads)
+        tk = attn.add_k_proj(encoder_hidden_states).unflatten(2, heads)
+        tv = attn.add_v_proj(encoder_hidden_states).unflatten(2, heads)
+        if attn.norm_added_q is not None:
+            tq = attn.norm_added_q(tq)
+        if attn.norm_added_k is not None:
+            tk = attn.norm_added_k(tk)
+        if image_rotary_emb is not None:
+            cos, sin = image_rotary_emb
+            q = _mochi_rope(q, gather_rope_rows(cos.unsqueeze(0), sel.index, batch),
+                            gather_rope_rows(sin.unsqueeze(0), sel.index, batch))
+            k = _mochi_rope(k, cos, sin)
+        video_out, text_out = attend_joint(self, sel, (q, k, v), (tq, tk, tv), attention_mask,
+                                           zero_padded_text=True)
+        video_out = attn.to_out[1](attn.to_out[0](video_out.flatten(2, 3).to(q.dtype)))
+        text_out = text_out.flatten(2, 3).to(q.dtype)
+        if hasattr(attn, "to_add_out"):
+            text_out = attn.to_add_out(text_out)
+        return sel.scatter(video_out, n_video), text_out
+
+
+def _mochi_grid(transformer, args, kwargs):
+    hs = kwargs.get("hidden_states", args[0] if args else None)
+    _, _, f, h, w = hs.shape
+    p = transformer.config.patch_size
+    return f, h // p, w // p
+
+
+# Context parallelism (none in diffusers 0.42.1): shard the video tokens at the first block and the RoPE rows
+# (`rope` returns (cos, sin) [S, heads, head_dim/2]), gather at `proj_out`. The text and its mask stay whole on every
+# rank (each sample keeps only its valid text, so text lengths differ per sample), so each rank's attention keys are
+# `[video shard, valid text]`: `vdit_accel.parallel` sends the video keys through diffusers' context-parallel
+# attention and attends the text keys locally once, merging by LSE. `MochiAttnProcessor2_0` calls F.sdpa directly,
+# so only the query-sparse processor is context-parallel.
+CP_PLAN = {
+    "rope": {
+        0: ContextParallelInput(split_dim=0, expected_dims=3, split_output=True),
+        1: ContextParallelInput(split_dim=0, expected_dims=3, split_output=True),
+    },
+    "transformer_blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
+ADAPTER = ModelAdapter(
+    name="mochi",
+    transformer_cls=MochiTransformer3DModel,
+    block_lists=("transformer_blocks",),
+    self_attention="attn1",
+    token_wise={"ff": "video"},
+    make_processor=MochiQuerySparseAttnProcessor,
+    grid_fn=_mochi_grid,
+    rope_groups_fn=lambda transformer: None,  # learned per-head frequencies mix t, h and w in every channel
+    cfg_batched=True,
+    notes="joint [video, valid text] attention per sample: text always computed; video FFN on selected tokens",
+    extra={"cp_plan": CP_PLAN},
+)
