@@ -1,0 +1,574 @@
+"""The Gradio demo: one prompt, generated dense and accelerated side by side.
+
+:class:`DemoRunner` holds everything that is not UI (input checks, the dense cache, the accelerated run with token
+masks recorded, quality metrics, mp4 files, the budget chart); :func:`build_app` lays out the page and turns each
+click into one :meth:`DemoRunner.run`. Gradio is imported only inside :func:`build_app`.
+
+>>> from vdit_accel.app import build_app
+>>> build_app("tiny-wan").queue().launch(server_name="127.0.0.1")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..api import disable_acceleration, enable_acceleration, get_runtime, summary
+from ..compare import Generation, GenerationSettings, generate, save_video
+from ..config import AccelerationConfig, TokenSelectionConfig
+from ..schedule import BudgetSchedule, predicted_speedup
+from .heatmap import heatmap_frames, heatmap_summary, recompute_fractions, runtime_calls
+
+logger = logging.getLogger(__name__)
+
+# Settings of the tiny random test pipelines (same as `vdit-accel generate --model tiny-wan`).
+TINY_DEFAULTS = dict(height=64, width=64, num_frames=17, num_inference_steps=10, guidance_scale=6.0,
+                     max_sequence_length=16)
+MAX_SIDE = 2048
+MAX_FRAMES = 257
+MAX_STEPS = 200
+VIDEO_FPS = 8
+HEATMAP_FPS = 2
+KEEP_RUNS = 16  # mp4 files of older runs are deleted from the output folder
+Progress = Callable[[float, str], None]
+
+
+class DemoInputError(ValueError):
+    """Input the demo cannot run; the message is shown in the page as is."""
+
+
+@dataclass
+class DemoRequest:
+    """The raw values of the page's inputs (numbers may arrive as floats or None from the browser)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    seed: Any = 0
+    num_inference_steps: Any = None
+    num_frames: Any = None
+    height: Any = None
+    width: Any = None
+    guidance_scale: Any = None
+    speedup: Any = 2.0
+    schedule_file: str | None = None
+    token_selection: bool = True
+    score_reuse: bool = False
+
+
+@dataclass
+class DemoResult:
+    dense: Generation
+    accelerated: Generation
+    dense_cached: bool
+    metrics: dict[str, Any]
+    acceleration: dict[str, Any]
+    fractions: torch.Tensor  # [steps, F', H', W'] share of block executions that recomputed each token
+    schedule_source: str
+    dense_fraction: float = 0.0
+    token_selection: bool = True
+    paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.seconds / self.accelerated.seconds
+
+    @property
+    def predicted_speedup(self) -> float | None:
+        """The cost model's transformer speedup of the budgets (it models token selection only)."""
+        if not self.token_selection:
+            return None
+        return predicted_speedup(self.acceleration["budgets"], self.dense_fraction)
+
+
+def default_generation_kwargs(model: str | None, pipe) -> dict[str, Any]:
+    """What the page starts with: the bundled model's training settings, the tiny pipelines' settings, or the
+    defaults of the pipeline's ``__call__`` for any other model."""
+    from ..loading import TINY_MODELS
+
+    if model in (None, "", "default"):
+        from ..tiny_model import DEFAULT_GENERATION_KWARGS
+
+        return dict(DEFAULT_GENERATION_KWARGS)
+    if model in TINY_MODELS:
+        return dict(TINY_DEFAULTS)
+    import inspect
+
+    params = inspect.signature(pipe.__call__).parameters
+    out: dict[str, Any] = {}
+    for name in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "max_sequence_length"):
+        if name in params and params[name].default is not inspect.Parameter.empty:
+            out[name] = params[name].default
+    if out.get("height") is None or out.get("width") is None:  # e.g. CogVideoX derives them from the config
+        cfg = pipe.transformer.config
+        scale = _spatial_vae_factor(pipe)
+        out["height"] = out.get("height") or int(getattr(cfg, "sample_height", 60)) * scale
+        out["width"] = out.get("width") or int(getattr(cfg, "sample_width", 90)) * scale
+    if out.get("num_frames") is None:  # CogVideoX: the transformer's sample_frames
+        out["num_frames"] = int(getattr(pipe.transformer.config, "sample_frames", None) or 17)
+    out.setdefault("num_inference_steps", 50)
+    return out
+
+
+def _spatial_vae_factor(pipe) -> int:
+    return int(getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", 8))
+
+
+def size_rules(pipe) -> dict[str, int]:
+    """``spatial``: height and width must be multiples of it (VAE downsampling × transformer patch);
+    ``temporal``: ``num_frames - 1`` must be a multiple of it (the VAE's temporal compression);
+    ``patch_t``: latent frames per token."""
+    cfg = pipe.transformer.config
+    patch = cfg.patch_size
+    if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
+        patch_t, patch_hw = int(patch[0]), max(int(patch[-2]), int(patch[-1]))
+    else:  # CogVideoX: one spatial patch size, optional temporal one
+        patch_t, patch_hw = int(getattr(cfg, "patch_size_t", None) or 1), int(patch)
+    temporal = int(getattr(pipe, "vae_scale_factor_temporal", None) or 1)
+    return dict(spatial=_spatial_vae_factor(pipe) * patch_hw, temporal=temporal, patch_t=patch_t)
+
+
+def _as_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
+    if value is None or value == "":
+        raise DemoInputError(f"{name} is empty; enter a whole number between {lo} and {hi}.{hint}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"{name} must be a whole number, got {value!r}.{hint}") from None
+    if f != int(f):
+        raise DemoInputError(f"{name} must be a whole number, got {value!r}.{hint}")
+    if not lo <= int(f) <= hi:
+        raise DemoInputError(f"{name} must be between {lo} and {hi}, got {int(f)}.{hint}")
+    return int(f)
+
+
+def _score_reuse_config():
+    """A default score-reuse (TimeRipple) config, or a readable error when this build does not have the method."""
+    import importlib
+
+    for module in ("vdit_accel.config", "vdit_accel.methods.score_reuse"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(mod, "ReuseConfig"):
+            return mod.ReuseConfig()
+    raise DemoInputError("Score reuse (TimeRipple) is not available in this vdit-accel build "
+                         "(no vdit_accel.methods.score_reuse.ReuseConfig). Untick 'Score reuse'.")
+
+
+def score_reuse_available() -> bool:
+    try:
+        _score_reuse_config()
+    except DemoInputError:
+        return False
+    return True
+
+
+class DemoRunner:
+    """Runs one comparison per click on a shared pipeline (one at a time) and caches the dense side.
+
+    Args:
+        pipe: a supported diffusers pipeline.
+        model (`str`): its name, part of the dense cache key and shown in the page.
+        defaults (`dict`, *optional*): starting values of the inputs (default: :func:`default_generation_kwargs`).
+        out_dir (`str`, *optional*): where the mp4 files go (default: a new temporary folder).
+        cache_size (`int`, defaults to 8): dense generations kept (least recently used are dropped).
+    """
+
+    def __init__(self, pipe, model: str = "custom", defaults: dict | None = None, out_dir: str | None = None,
+                 cache_size: int = 8):
+        from ..adapters import get_adapter
+
+        get_adapter(pipe.transformer)  # an unsupported model fails at start-up, not at the first click
+        self.pipe = pipe
+        self.model = model
+        self.defaults = dict(defaults) if defaults is not None else default_generation_kwargs(model, pipe)
+        self.rules = size_rules(pipe)
+        self.out_dir = out_dir or tempfile.mkdtemp(prefix="vdit-demo-")
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, Generation] = OrderedDict()
+        self._lock = threading.Lock()
+        self._runs = 0
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def settings(self, req: DemoRequest) -> GenerationSettings:
+        """Check the inputs against what the model can take; raises :class:`DemoInputError` with the fix."""
+        if not isinstance(req.prompt, str) or not req.prompt.strip():
+            raise DemoInputError("The prompt is empty: describe the video to generate, e.g. "
+                                 "'a red circle moving right on a black background'.")
+        sp, tp = self.rules["spatial"], self.rules["temporal"]
+        size_hint = f" This model needs multiples of {sp} pixels (VAE ×{_spatial_vae_factor(self.pipe)}, patch)."
+        height = _as_int("Height", req.height, sp, MAX_SIDE, size_hint)
+        width = _as_int("Width", req.width, sp, MAX_SIDE, size_hint)
+        for name, value in (("Height", height), ("Width", width)):
+            if value % sp:
+                lower, upper = value // sp * sp, (value // sp + 1) * sp
+                raise DemoInputError(f"{name} {value} is not a multiple of {sp}: this model's VAE and patch size "
+                                     f"need multiples of {sp} pixels. Try {lower or upper} or {upper}.")
+        frame_hint = f" This model needs {tp}·k + 1 frames (e.g. {tp * 4 + 1})." if tp > 1 else ""
+        frames = _as_int("Frames", req.num_frames, 1, MAX_FRAMES, frame_hint)
+        if (frames - 1) % tp:
+            lower = (frames - 1) // tp * tp + 1
+            raise DemoInputError(f"Frames {frames} is not {tp}·k + 1: the VAE compresses {tp} frames into one "
+                                 f"latent frame after the first. Try {lower} or {lower + tp}.")
+        steps = _as_int("Steps", req.num_inference_steps, 1, MAX_STEPS)
+        seed = _as_int("Seed", req.seed, 0, 2**63 - 1)
+        guidance = req.guidance_scale if req.guidance_scale is not None else self.defaults.get("guidance_scale")
+        if guidance is not None:
+            try:
+                guidance = float(guidance)
+            except (TypeError, ValueError):
+                raise DemoInputError(f"Guidance scale must be a number, got {guidance!r}.") from None
+            if not 0.0 <= guidance <= 50.0:
+                raise DemoInputError(f"Guidance scale must be between 0 and 50, got {guidance}.")
+        negative = req.negative_prompt.strip() if isinstance(req.negative_prompt, str) else None
+        return GenerationSettings(prompt=req.prompt.strip(), negative_prompt=negative or None, seed=seed,
+                                  num_inference_steps=steps, height=height, width=width, num_frames=frames,
+                                  guidance_scale=guidance,
+                                  max_sequence_length=self.defaults.get("max_sequence_length"))
+
+    def dense_fraction(self, s: GenerationSettings) -> float:
+        """The share of a block's FLOPs that token selection cannot skip at this size (the cost model's ``f``)."""
+        from ..cost import block_flops
+
+        r = self.rules
+        latent_frames = -(-((s.num_frames - 1) // r["temporal"] + 1) // r["patch_t"])  # ceil: the model pads
+        tokens = latent_frames * (s.height // r["spatial"]) * (s.width // r["spatial"])
+        return block_flops(self.pipe.transformer, tokens, s.max_sequence_length or 0).dense_fraction
+
+    def acceleration_config(self, req: DemoRequest, settings: GenerationSettings) -> tuple[AccelerationConfig, str]:
+        """The config for the accelerated side and a description of where its schedule came from. An uploaded
+        schedule file wins over the target speedup; both are resolved for this run's step count and size up front
+        (as the pipeline will), so an unreachable target fails before anything is generated."""
+        steps = settings.num_inference_steps
+        try:
+            fraction = self.dense_fraction(settings)
+            if req.schedule_file:
+                schedule = BudgetSchedule.load(req.schedule_file)
+                schedule.resolve(steps, fraction)
+                schedule.check_matches(height=settings.height, width=settings.width, num_frames=settings.num_frames)
+                source = f"schedule file {os.path.basename(req.schedule_file)}"
+            else:
+                if req.speedup is None:
+                    raise DemoInputError("Target speedup is empty; enter e.g. 2.0, or upload a schedule file.")
+                schedule = BudgetSchedule.for_speedup(float(req.speedup))
+                schedule.resolve(steps, fraction)
+                source = f"target speedup {float(req.speedup):.2f}x"
+            token_selection = TokenSelectionConfig() if req.token_selection else None
+            reuse = _score_reuse_config() if req.score_reuse else None
+            if token_selection is None and reuse is None:
+                raise DemoInputError("Both methods are off: tick 'Token selection' and/or 'Score reuse' to have "
+                                     "something to accelerate.")
+            return AccelerationConfig(schedule=schedule, token_selection=token_selection, reuse=reuse), source
+        except DemoInputError:
+            raise
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise DemoInputError(str(e)) from e
+
+    # ------------------------------------------------------------------------------------------------ running
+    def warm_up(self) -> None:
+        """One short dense and accelerated run at the default size, so the first click's timings do not include
+        one-time start-up costs (allocator growth, lazy initialisation), which would inflate its speedup."""
+        d = self.defaults
+        req = DemoRequest(prompt="warm-up", num_inference_steps=3, num_frames=d.get("num_frames"),
+                          height=d.get("height"), width=d.get("width"), guidance_scale=d.get("guidance_scale"),
+                          speedup=1.0)
+        settings = self.settings(req)
+        with self._lock:
+            self._generate(settings, None)
+            enable_acceleration(self.pipe, schedule=[1.0, 0.5, 1.0])  # a sparse middle step runs the sparse path
+            try:
+                self._generate(settings, None)
+            finally:
+                disable_acceleration(self.pipe)
+
+    def cache_key(self, s: GenerationSettings) -> tuple:
+        return (self.model, s.prompt, s.negative_prompt, s.seed, s.num_inference_steps, s.num_frames, s.height,
+                s.width, s.guidance_scale, s.max_sequence_length)
+
+    def _generate(self, settings: GenerationSettings, on_step: Callable[[int, int], None] | None) -> Generation:
+        import dataclasses
+        import inspect
+
+        extra = dict(settings.extra)
+        if on_step is not None and "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters:
+            n = settings.num_inference_steps
+
+            def callback(pipe, i, t, callback_kwargs):
+                on_step(i + 1, n)
+                return callback_kwargs
+
+            extra["callback_on_step_end"] = callback
+        return generate(self.pipe, dataclasses.replace(settings, extra=extra), progress=False)
+
+    def run(self, req: DemoRequest, progress: Progress | None = None) -> DemoResult:
+        """Check the inputs, take the dense video from the cache or generate it, generate the accelerated one with
+        token masks recorded, compare, write the mp4 files."""
+        from ..quality import compare_videos
+
+        report = progress or (lambda fraction, desc: None)
+        settings = self.settings(req)
+        config, source = self.acceleration_config(req, settings)
+        key = self.cache_key(settings)
+        n = settings.num_inference_steps
+        with self._lock:
+            dense = self._cache.get(key)
+            dense_cached = dense is not None
+            if dense_cached:
+                self._cache.move_to_end(key)
+                accel_lo = 0.0
+            else:
+                report(0.0, "Dense: starting")
+                dense = self._generate(settings, lambda i, total: report(0.5 * i / total, f"Dense: step {i}/{total}"))
+                self._cache[key] = dense
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+                accel_lo = 0.5
+            report(accel_lo, "Accelerated: starting")
+            scale = 0.95 - accel_lo
+            enable_acceleration(self.pipe, config)
+            try:
+                runtime = get_runtime(self.pipe)
+                runtime.record_masks = True
+                accelerated = self._generate(
+                    settings, lambda i, total: report(accel_lo + scale * i / total, f"Accelerated: step {i}/{total}"))
+                info = summary(self.pipe)
+                calls, masks, grid = runtime_calls(runtime), dict(runtime.masks), runtime.grid
+            finally:
+                disable_acceleration(self.pipe)
+            report(0.95, "Comparing and writing videos")
+            metrics = compare_videos(dense.frames, accelerated.frames)
+            fractions = recompute_fractions(masks, calls, grid, n)
+            result = DemoResult(dense=dense, accelerated=accelerated, dense_cached=dense_cached, metrics=metrics,
+                                acceleration=info, fractions=fractions, schedule_source=source,
+                                dense_fraction=self.dense_fraction(settings), token_selection=req.token_selection)
+            self._runs += 1
+            result.paths = self._write_videos(result, settings)
+        return result
+
+    def _write_videos(self, result: DemoResult, settings: GenerationSettings) -> dict[str, str]:
+        old = os.path.join(self.out_dir, f"run{self._runs - KEEP_RUNS:04d}")
+        for kind in ("dense", "accelerated", "heatmap"):  # Gradio serves copies from its cache; keep disk bounded
+            if os.path.exists(f"{old}-{kind}.mp4"):
+                os.remove(f"{old}-{kind}.mp4")
+        stem = os.path.join(self.out_dir, f"run{self._runs:04d}")
+        heat = heatmap_frames(result.fractions, (settings.height, settings.width), result.acceleration["budgets"])
+        return dict(dense=save_video(result.dense.frames, f"{stem}-dense.mp4", VIDEO_FPS),
+                    accelerated=save_video(result.accelerated.frames, f"{stem}-accelerated.mp4", VIDEO_FPS),
+                    heatmap=save_video(heat, f"{stem}-heatmap.mp4", HEATMAP_FPS))
+
+
+# ---------------------------------------------------------------------------------------------------- presentation
+def _fmt(value: Any, spec: str, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    if value == float("inf"):
+        return "∞ (identical)"
+    return f"{value:{spec}}{unit}"
+
+
+def metrics_markdown(result: DemoResult) -> str:
+    q = result.metrics
+    lpips = _fmt(q.get("lpips"), ".4f") if q.get("lpips") is not None else "n/a"
+    computed = result.acceleration.get("computed_token_fraction")
+    dense_note = " (cached)" if result.dense_cached else ""
+    return "\n".join([
+        "| | Dense | Accelerated |",
+        "|---|---|---|",
+        f"| Wall-clock | {result.dense.seconds:.2f} s{dense_note} | {result.accelerated.seconds:.2f} s |",
+        "",
+        f"**Speedup: {result.speedup:.2f}×** measured (whole pipeline call, one run each, same process); "
+        f"{_fmt(result.predicted_speedup, '.2f', '×')} predicted for the transformer by the cost model. "
+        f"Tokens computed: {_fmt(computed and computed * 100, '.0f', '%')} of dense. "
+        f"Schedule: {result.schedule_source}.",
+        "",
+        f"**PSNR** {_fmt(q.get('psnr'), '.2f', ' dB')} · **SSIM** {_fmt(q.get('ssim'), '.4f')} · "
+        f"**LPIPS** {lpips} · **Temporal flicker** (VBench, higher = steadier) dense "
+        f"{_fmt(q.get('flicker_reference'), '.4f')} / accelerated {_fmt(q.get('flicker_candidate'), '.4f')}",
+    ])
+
+
+def dense_source_markdown(result: DemoResult) -> str:
+    if result.dense_cached:
+        return (f"Dense video: **from cache** (same model, prompt, seed, steps, size and guidance; it took "
+                f"{result.dense.seconds:.2f} s when generated). Only the accelerated side was re-run.")
+    return f"Dense video: **generated in this run** ({result.dense.seconds:.2f} s)."
+
+
+def budget_figure(result: DemoResult):
+    """Bars: the scheduled budget per step; dots: the fraction of tokens each step actually computed."""
+    from matplotlib.figure import Figure
+
+    budgets = result.acceleration["budgets"]
+    steps = result.acceleration.get("steps", [])
+    measured = [s["ffn_tokens"] / s["dense_tokens"] if s.get("dense_tokens") else None for s in steps]
+    fig = Figure(figsize=(5.0, 3.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    xs = list(range(1, len(budgets) + 1))
+    ax.bar(xs, budgets, color="#6366f1", alpha=0.75, label="scheduled budget")
+    mx = [s["step"] + 1 for s, m in zip(steps, measured) if m is not None]
+    ax.plot(mx, [m for m in measured if m is not None], "o", color="#f97316", label="tokens computed")
+    ax.axhline(1.0, color="#888", lw=0.8, ls="--")
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("fraction of tokens")
+    ax.set_xticks(xs if len(xs) <= 25 else xs[::max(1, len(xs) // 10)])
+    ax.set_title("Per-step token budget", fontsize=10)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+HEATMAP_HELP = (
+    "**Recomputed tokens.** One video frame per denoising step (the caption gives the step, its budget and the "
+    "share of tokens computed); the tiles are the latent frames, left to right, each latent token drawn as the "
+    "square of the video it covers. Colour = share of block executions at that step (all blocks × guidance "
+    "branches) that recomputed the token: black = every block reused its cached result, pale yellow = every block "
+    "recomputed it. Dense steps are all yellow; the budget chart's dots are the per-step means of this map."
+)
+
+
+def build_app(pipe_or_model: Any = "default", model_name: str | None = None, out_dir: str | None = None,
+              warm_up: bool = True):
+    """Build the demo page (a ``gr.Blocks``) for a pipeline or a ``--model`` name (see ``load_pipeline``).
+
+    Args:
+        pipe_or_model: a supported pipeline, or ``"default"`` (bundled model), ``"tiny-wan"``, a folder or hub id.
+        model_name (`str`, *optional*): the name shown and used in the dense cache key when a pipeline is given.
+        out_dir (`str`, *optional*): where generated mp4 files are written (default: a temporary folder).
+        warm_up (`bool`, defaults to True): run a 3-step dense and accelerated generation before serving, so the
+            first click's timings are not inflated by one-time start-up costs.
+
+    Example:
+        >>> demo = build_app("tiny-wan")                                       # doctest: +SKIP
+        >>> demo.queue().launch(server_name="127.0.0.1", server_port=7860)     # doctest: +SKIP
+    """
+    try:
+        import gradio as gr
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("The demo needs Gradio: pip install 'vdit-accel[app]'") from e
+
+    if isinstance(pipe_or_model, str):
+        from ..loading import load_pipeline
+
+        model_name = model_name or pipe_or_model
+        pipe = load_pipeline(pipe_or_model)
+    else:
+        pipe = pipe_or_model
+    runner = DemoRunner(pipe, model_name or type(pipe).__name__, out_dir=out_dir)
+    if warm_up:
+        runner.warm_up()
+    d, rules = runner.defaults, runner.rules
+    reuse_ok = score_reuse_available()
+
+    # delete_cache: Gradio's copies of served files older than a day are removed every hour
+    with gr.Blocks(title="vdit-accel demo", delete_cache=(3600, 86400)) as demo:
+        gr.Markdown(f"# vdit-accel: dense vs accelerated\nModel: `{runner.model}` ({type(pipe).__name__}). "
+                    "One click generates the video densely and with acceleration, same seed, and compares them.")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                    placeholder="a red circle moving right on a black background")
+                negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
+                    steps = gr.Number(label="Steps", value=d.get("num_inference_steps", 20), precision=0,
+                                      elem_id="steps")
+                    guidance = gr.Number(label="Guidance", value=d.get("guidance_scale"), elem_id="guidance")
+                with gr.Row():
+                    frames = gr.Number(label="Frames", value=d.get("num_frames"), precision=0, elem_id="frames",
+                                       info=f"{rules['temporal']}·k + 1")
+                    height = gr.Number(label="Height", value=d.get("height"), precision=0, elem_id="height",
+                                       info=f"multiple of {rules['spatial']}")
+                    width = gr.Number(label="Width", value=d.get("width"), precision=0, elem_id="width",
+                                      info=f"multiple of {rules['spatial']}")
+                speedup = gr.Slider(1.0, 5.0, value=2.0, step=0.1, label="Target speedup (transformer, cost model)",
+                                    elem_id="speedup")
+                schedule = gr.File(label="…or a schedule file (JSON from `vdit-accel search`; overrides the target)",
+                                   file_types=[".json"], type="filepath", elem_id="schedule")
+                with gr.Row():
+                    use_ts = gr.Checkbox(value=True, label="Token selection (Astraea)", elem_id="token-selection")
+                    use_reuse = gr.Checkbox(value=False, label="Score reuse (TimeRipple)", elem_id="score-reuse",
+                                            interactive=reuse_ok,
+                                            info=None if reuse_ok else "not available in this build")
+                button = gr.Button("Generate dense + accelerated", variant="primary", elem_id="generate")
+                error = gr.Markdown(visible=False, elem_id="error")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    dense_video = gr.Video(label="Dense", elem_id="dense-video", autoplay=True, loop=True,
+                                           interactive=False)
+                    accel_video = gr.Video(label="Accelerated", elem_id="accel-video", autoplay=True, loop=True,
+                                           interactive=False)
+                metrics = gr.Markdown(elem_id="metrics")
+                dense_source = gr.Markdown(elem_id="dense-source")
+                with gr.Row():
+                    chart = gr.Plot(label="Per-step budget", show_label=False, elem_id="budget-chart")
+                    heat_video = gr.Video(label="Recomputed tokens per step", elem_id="heatmap-video",
+                                          autoplay=True, loop=True, interactive=False)
+                gr.Markdown(HEATMAP_HELP)
+                with gr.Accordion("Full report (JSON)", open=False):
+                    report = gr.JSON(elem_id="report")
+        if runner.model in ("default", None, ""):
+            from ..tiny_model import EXAMPLE_PROMPTS
+
+            gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+
+        outputs = [error, dense_video, accel_video, metrics, dense_source, chart, heat_video, report]
+
+        def on_click(prompt_v, negative_v, seed_v, steps_v, frames_v, height_v, width_v, guidance_v, speedup_v,
+                     schedule_v, ts_v, reuse_v, progress=gr.Progress()):
+            req = DemoRequest(prompt=prompt_v, negative_prompt=negative_v, seed=seed_v, num_inference_steps=steps_v,
+                              num_frames=frames_v, height=height_v, width=width_v, guidance_scale=guidance_v,
+                              speedup=speedup_v, schedule_file=schedule_v, token_selection=ts_v,
+                              score_reuse=reuse_v)
+            return run_callback(runner, req, lambda f, desc: progress(f, desc=desc))
+
+        button.click(on_click, inputs=[prompt, negative, seed, steps, frames, height, width, guidance, speedup,
+                                       schedule, use_ts, use_reuse], outputs=outputs, concurrency_limit=1)
+    demo.runner = runner  # for tests and scripts
+    return demo
+
+
+def run_callback(runner: DemoRunner, req: DemoRequest, progress: Progress | None = None) -> tuple:
+    """One click: the values of the outputs ``(error, dense, accelerated, metrics, dense_source, chart, heatmap,
+    report)``. Bad input and failures become a message in the page; the server keeps serving."""
+    import gradio as gr
+
+    try:
+        result = runner.run(req, progress)
+    except DemoInputError as e:
+        return _error_outputs(gr, f"**Cannot generate:** {e}")
+    except Exception as e:  # noqa: BLE001 - anything else is shown too, and logged with its traceback
+        logger.exception("demo run failed")
+        return _error_outputs(gr, f"**Generation failed** ({type(e).__name__}): {e}")
+    report = dict(model=runner.model, dense_seconds=result.dense.seconds, dense_cached=result.dense_cached,
+                  accelerated_seconds=result.accelerated.seconds, speedup=result.speedup,
+                  predicted_speedup=result.predicted_speedup, schedule=result.schedule_source,
+                  quality=result.metrics, acceleration=result.acceleration,
+                  recomputed_tokens=heatmap_summary(result.fractions))
+    return (gr.update(value="", visible=False), result.paths["dense"], result.paths["accelerated"],
+            metrics_markdown(result), dense_source_markdown(result), budget_figure(result), result.paths["heatmap"],
+            _jsonable(report))
+
+
+def _error_outputs(gr, message: str) -> tuple:
+    return (gr.update(value=message, visible=True), None, None, "", "", None, None, None)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
