@@ -276,7 +276,7 @@ def test_batch_of_two_matches_samples_alone(family, cfg):
     assert {r.batch for r in records} == {4 if (cfg and fam.cfg_calls == 1) else 2}
     for i, p in enumerate(prompts):
         alone = _run(pipe, fam.kwargs(cfg, prompt=p), seed=i)
-        torch.testing.assert_close(both[i:i + 1], alone, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(both[i:i + 1], alone, rtol=1e-4, atol=1e-4)  # batched vs single matmul rounding
 
 
 def _encode(family, pipe, prompt):

@@ -33,10 +33,11 @@ class TokenSelectionConfig:
         w_beta (`float`, defaults to 0.5):
             Weight of the staleness penalty ``exp(n_skip)``. Higher refreshes long-skipped tokens sooner (less
             drift, less freedom to follow the significance term). Published optimum ≈ 0.5.
-        cache (`str`, defaults to ``"residual"``):
-            What a skipped token reuses: ``"residual"`` adds the cached block residual (output − input) to its
-            current input; ``"output"`` reuses the cached raw block output. ``"residual"`` measured better (see
-            README), so it is the default.
+        cache (`str`, defaults to ``"output"``):
+            What a skipped token reuses: ``"output"`` reuses the cached raw block output; ``"residual"`` adds the
+            cached block residual (output − input) to its current input. On the bundled trained model raw-output
+            caching measured better SSIM at every budget and better PSNR at θ = 0.7 and 0.4
+            (benchmarks/results/cache_modes.md), so it is the default; on random weights residual caching wins.
         normalize_significance (`bool`, defaults to True):
             Divide ``LSE·Δ`` by its per-sample mean, so ``w_beta`` means the same on every model whatever the scale
             of its hidden states. With False the published formula is used verbatim.
@@ -46,7 +47,7 @@ class TokenSelectionConfig:
 
     w_alpha: float = 1.0
     w_beta: float = 0.5
-    cache: str = "residual"
+    cache: str = "output"
     normalize_significance: bool = True
     min_tokens: int = 1
 
@@ -96,6 +97,12 @@ class AccelerationConfig:
         if self.token_selection is not None and not isinstance(self.token_selection, TokenSelectionConfig):
             raise TypeError(f"`token_selection` must be a TokenSelectionConfig or None, got "
                             f"{type(self.token_selection).__name__}.")
+        if self.reuse is not None:
+            from .methods.score_reuse import ReuseConfig  # lazy: keeps config import-light
+
+            if not isinstance(self.reuse, ReuseConfig):
+                raise TypeError(f"`reuse` must be a vdit_accel.ReuseConfig or None, got {type(self.reuse).__name__}. "
+                                f"Example: reuse=ReuseConfig(theta_max=0.5).")
         if self.token_selection is None and self.reuse is None:
             raise ValueError("Both `token_selection` and `reuse` are None: nothing to accelerate. Keep the default "
                              "`token_selection=TokenSelectionConfig()` or pass `reuse=ReuseConfig(...)`.")
