@@ -14,6 +14,7 @@ from diffusers import DiffusionPipeline
 from .adapters import supported_transformers
 from .api import disable_acceleration, enable_acceleration, get_runtime, is_accelerated, set_step, summary
 from .config import AccelerationConfig, TokenSelectionConfig
+from .methods.score_reuse import ReuseConfig, reuse_summary
 from .schedule import BudgetSchedule
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ _register_pipeline_methods()
 __all__ = [
     "AccelerationConfig",
     "BudgetSchedule",
+    "ReuseConfig",
     "TokenSelectionConfig",
     "disable_acceleration",
     "enable_acceleration",
@@ -45,6 +47,7 @@ __all__ = [
     "is_accelerated",
     "load_default_pipeline",
     "set_step",
+    "reuse_summary",
     "summary",
     "supported_transformers",
 ]

@@ -35,7 +35,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speedup", type=float, default=None, help="target transformer speedup, e.g. 2.0")
     p.add_argument("--schedule", default=None, help="schedule JSON file (from `vdit-accel search`)")
     p.add_argument("--out", default="vdit_out", help="output folder")
+    add_reuse_arguments(p)
     p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--parallel", default=None,
+                   help="sequence parallelism under torchrun: 'ulysses', 'ring' or 'ulysses=U,ring=R' (U*R = number "
+                        "of processes); rank 0 writes the outputs")
+
+
+def add_reuse_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("score reuse (TimeRipple, emulated: reports the saved fraction, saves no time)")
+    g.add_argument("--reuse", action="store_true", help="turn on channel-level attention-score reuse")
+    g.add_argument("--reuse-theta-min", type=float, default=0.2, help="threshold at the ramp start (std units)")
+    g.add_argument("--reuse-theta-max", type=float, default=0.5, help="threshold after the ramp (std units)")
+    g.add_argument("--reuse-i-min", type=int, default=None, help="ramp start step (default: warm-up end)")
+    g.add_argument("--reuse-i-max", type=int, default=None, help="ramp end step (default: 40%% of the steps)")
+    g.add_argument("--reuse-warmup", type=int, default=None, help="dense first steps (default: 20%% of the steps)")
+    g.add_argument("--reuse-granularity", default="channel", choices=["channel", "group"],
+                   help="reuse decision per channel or per RoPE channel group")
+    g.add_argument("--no-token-selection", action="store_true", help="reuse alone (turn token selection off)")
+
+
+def reuse_config_from_args(args):
+    """``ReuseConfig`` from the ``--reuse*`` flags, or None without ``--reuse``."""
+    if not getattr(args, "reuse", False):
+        if getattr(args, "no_token_selection", False):
+            raise ValueError("--no-token-selection without --reuse leaves nothing to accelerate; add --reuse.")
+        return None
+    from ..methods.score_reuse import ReuseConfig
+
+    return ReuseConfig(theta_min=args.reuse_theta_min, theta_max=args.reuse_theta_max, i_min=args.reuse_i_min,
+                       i_max=args.reuse_i_max, warmup_steps=args.reuse_warmup, granularity=args.reuse_granularity)
 
 
 def settings_from_args(args, pipe):
@@ -61,25 +90,48 @@ def settings_from_args(args, pipe):
 
 
 def run(args) -> int:
+    if getattr(args, "parallel", None):
+        from ..parallel import run_cli
+
+        return run_cli(args, _run)
+    return _run(args)
+
+
+def _run(args, parallel_setup=None) -> int:
     from ..compare import compare, save_video
     from ..config import AccelerationConfig
     from ..loading import load_pipeline
 
-    config = AccelerationConfig(speedup=args.speedup, schedule=args.schedule)  # validated before any loading
+    reuse = reuse_config_from_args(args)
+    extra = dict(reuse=reuse, token_selection=None) if getattr(args, "no_token_selection", False) else dict(reuse=reuse)
+    config = AccelerationConfig(speedup=args.speedup, schedule=args.schedule, **extra)  # validated before loading
     if not args.prompt.strip():
         raise ValueError("--prompt is empty; describe the video, e.g. --prompt 'a red circle moving right'.")
     pipe = load_pipeline(args.model, getattr(torch, args.dtype), args.device)
+    main = parallel_setup is None or parallel_setup(pipe)  # enables parallelism; True on rank 0
     settings = settings_from_args(args, pipe)
     settings.validate()
-    os.makedirs(args.out, exist_ok=True)
-    print(f"[vdit-accel] model={args.model} steps={settings.num_inference_steps} seed={settings.seed}")
-    print("[vdit-accel] dense run:")
-    result = compare(pipe, settings, config, progress=True)
+    if main:
+        os.makedirs(args.out, exist_ok=True)
+        print(f"[vdit-accel] model={args.model} steps={settings.num_inference_steps} seed={settings.seed}")
+        print("[vdit-accel] dense run:")
+    result = compare(pipe, settings, config, progress=main)
+    if not main:
+        return 0
     save_video(result.dense.frames, os.path.join(args.out, "dense.mp4"), args.fps)
     save_video(result.accelerated.frames, os.path.join(args.out, "accelerated.mp4"), args.fps)
     report = dict(model=args.model, prompt=settings.prompt, seed=settings.seed,
                   num_inference_steps=settings.num_inference_steps, height=settings.height, width=settings.width,
                   num_frames=settings.num_frames, device=args.device, dtype=args.dtype, **result.report())
+    if parallel_setup is not None:
+        report["parallel"] = parallel_setup.info
+    if reuse is not None:
+        from ..methods.score_reuse import reuse_summary
+        from ..reuse_report import format_reuse, plot_reuse
+
+        report["reuse"] = reuse_summary(pipe)
+        report["reuse"]["plot"] = plot_reuse(report["reuse"], os.path.join(args.out, "reuse.png"))
+        print(format_reuse(report["reuse"]))
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2, default=float)
     q = result.metrics
