@@ -1,0 +1,17 @@
+"""Per-timestep token budgets found by evolutionary search (DEAP): ``vdit-accel search``.
+
+* :mod:`.cost_model`  time of a transformer step as a function of the budget, calibrated on this machine (or the
+  FLOP model), so a target speedup is a real one.
+* :mod:`.evaluate`    fitness of candidate schedules: final-latent MSE against the dense output of the same seeds;
+  dense references computed once, shared budget prefixes computed once, optional worker processes.
+* :mod:`.engine`      the genetic algorithm (repair, uniform + block crossover, decaying mutation) and NSGA-II.
+* :mod:`.checkpoint`  a checkpoint per generation, ``--resume``.
+* :mod:`.shipped`     searched schedules shipped for the bundled model, used by ``enable_acceleration()``.
+* :mod:`.command`     the CLI.
+
+Nothing here imports DEAP at import time; only :func:`.engine.run_search` does.
+"""
+
+from .shipped import pipeline_identity, shipped_schedule_for
+
+__all__ = ["pipeline_identity", "shipped_schedule_for"]
