@@ -12,4 +12,7 @@ pip install -q --disable-pip-version-check torch==2.13.0      # the CPU build; a
 pip install -q --disable-pip-version-check -e ".[dev]"
 bash .ci/install_browser.sh                                     # Debian's Chromium for the demo's browser test
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# One intra-op thread: tests compare results bit for bit across processes (search workers, kill-and-resume), which
+# holds only with the same thread count everywhere, and the 2-rank parallel tests then fit the 2 cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 python -m pytest -q -p no:cacheprovider "$@"
