@@ -57,20 +57,9 @@ def read_prompt_file(path: str) -> list[str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--prompts {path!r}: no such file. Pass a text file with one prompt per line, a JSON "
                                 f"list of prompts, or '{STANDARD}'.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.lower().endswith(".json"):
-        try:
-            prompts = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--prompts {path!r} is not valid JSON ({e}); expected a list of prompt strings.") from e
-        if not isinstance(prompts, list) or not all(isinstance(x, str) for x in prompts):
-            raise ValueError(f"--prompts {path!r} must hold a JSON list of strings.")
-    else:
-        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    prompts = [p.strip() for p in prompts if p.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts {path!r} holds no prompt.")
+    from ..prompts import read_prompt_file as read_prompts
+
+    prompts = read_prompts(path)
     for p in prompts:
         if "/" in p or "\0" in p or len(p.encode()) > _MAX_NAME_BYTES:
             raise ValueError(f"Prompt {p[:60]!r} cannot be a VBench file name ('{{prompt}}-{{i}}.mp4'): it must not "

@@ -77,23 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_prompts(path: str, flag: str = "--prompts") -> list[str]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag}: no such file {path!r}; give a text file with one prompt per line.")
-    with open(path) as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        try:
-            prompts = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{flag} {path!r} looks like JSON but does not parse: {e}") from e
-        if not isinstance(prompts, list) or not all(isinstance(x, str) for x in prompts):
-            raise ValueError(f"{flag} {path!r}: a JSON prompt file must be a list of strings.")
-    else:
-        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    prompts = [p.strip() for p in prompts if p.strip()]
-    if not prompts:
-        raise ValueError(f"{flag} {path!r} has no prompts; write one prompt per line.")
-    return prompts
+    from ..prompts import read_prompt_file
+
+    return read_prompt_file(path, flag)
 
 
 def _stem(path: str) -> str:
