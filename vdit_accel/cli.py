@@ -1,4 +1,4 @@
-"""``vdit-accel`` command line: ``generate | search | bench | vbench | demo``.
+"""``vdit-accel`` command line: ``generate | search | vbench | demo``.
 
 Each subcommand lives in its own module exposing ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; they
 are imported only when the command line is parsed, and heavy dependencies (DEAP, Gradio) only when a command runs.
@@ -14,7 +14,6 @@ import sys
 COMMANDS = {
     "generate": "vdit_accel.commands.generate",
     "search": "vdit_accel.search.command",
-    "bench": "vdit_accel.commands.bench",
     "vbench": "vdit_accel.quality.vbench_command",
     "demo": "vdit_accel.app.command",
 }
