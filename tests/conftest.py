@@ -31,6 +31,21 @@ def run_pipe(pipe, steps=6, seed=0, cfg=True, batch=1, height=64, width=64, fram
         return pipe(**kw).frames
 
 
+def hook_names(module):
+    """Names of the diffusers hooks registered anywhere under ``module``."""
+    names = set()
+    for _, m in module.named_modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None:
+            names.update(reg.hooks)
+    return names
+
+
+def processors(transformer):
+    """``{module name: attention processor}`` of every attention module."""
+    return {n: m.processor for n, m in transformer.named_modules() if hasattr(m, "processor")}
+
+
 FAMILIES = {
     "wan": lambda: testing.build_tiny_wan_pipeline(),
     "cogvideox-rope": lambda: testing.build_tiny_cogvideox_pipeline(use_rope=True),

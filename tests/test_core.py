@@ -10,20 +10,9 @@ from diffusers.hooks import HookRegistry
 import vdit_accel
 from vdit_accel import AccelerationConfig, BudgetSchedule, TokenSelectionConfig
 
-from .conftest import run_pipe
+from .conftest import hook_names, processors, run_pipe
 
 
-def _hook_names(module):
-    names = set()
-    for _, m in module.named_modules():
-        reg = getattr(m, "_diffusers_hook", None)
-        if reg is not None:
-            names.update(reg.hooks)
-    return names
-
-
-def _processors(transformer):
-    return {n: m.processor for n, m in transformer.named_modules() if hasattr(m, "processor")}
 
 
 # ------------------------------------------------------------------------------------------------------ equivalence
@@ -37,15 +26,15 @@ def test_budget_one_equals_dense(tiny_pipe, cfg, batch):
 
 
 def test_disable_is_bit_identical(tiny_pipe):
-    before_procs = _processors(tiny_pipe.transformer)
+    before_procs = processors(tiny_pipe.transformer)
     reference = run_pipe(tiny_pipe, steps=5)
     tiny_pipe.enable_acceleration(schedule=[1.0, 0.5, 0.5, 0.5, 1.0])
     accelerated = run_pipe(tiny_pipe, steps=5)
     assert not torch.equal(accelerated, reference)  # budget 0.5 really changed the computation
     tiny_pipe.disable_acceleration()
     assert not vdit_accel.is_accelerated(tiny_pipe)
-    assert _processors(tiny_pipe.transformer) == before_procs
-    assert not any(n.startswith("vdit_accel") for n in _hook_names(tiny_pipe.transformer))
+    assert processors(tiny_pipe.transformer) == before_procs
+    assert not any(n.startswith("vdit_accel") for n in hook_names(tiny_pipe.transformer))
     assert torch.equal(run_pipe(tiny_pipe, steps=5), reference)
 
 
@@ -128,8 +117,8 @@ def test_wan_keeps_separate_caches_per_cfg_branch_and_frees_them_after_the_run()
 # ------------------------------------------------------------------------------------------------------ bad input
 def _assert_untouched(pipe, procs):
     assert not vdit_accel.is_accelerated(pipe)
-    assert _processors(pipe.transformer) == procs
-    assert not any(n.startswith("vdit_accel") for n in _hook_names(pipe.transformer))
+    assert processors(pipe.transformer) == procs
+    assert not any(n.startswith("vdit_accel") for n in hook_names(pipe.transformer))
 
 
 @pytest.mark.parametrize(
@@ -149,7 +138,7 @@ def test_bad_config_raises_before_any_change(kwargs, error, match):
     from vdit_accel.testing import build_tiny_wan_pipeline
 
     pipe = build_tiny_wan_pipeline()
-    procs = _processors(pipe.transformer)
+    procs = processors(pipe.transformer)
     with pytest.raises(error, match=match):
         pipe.enable_acceleration(**kwargs)
     _assert_untouched(pipe, procs)
@@ -168,7 +157,7 @@ def test_corrupt_schedule_file(tmp_path):
     from vdit_accel.testing import build_tiny_wan_pipeline
 
     pipe = build_tiny_wan_pipeline()
-    procs = _processors(pipe.transformer)
+    procs = processors(pipe.transformer)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="Corrupt schedule file .*bad.json"):
@@ -201,10 +190,10 @@ def test_enable_twice_is_an_error():
 
     pipe = build_tiny_wan_pipeline()
     pipe.enable_acceleration()
-    procs = _processors(pipe.transformer)
+    procs = processors(pipe.transformer)
     with pytest.raises(RuntimeError, match="already enabled"):
         pipe.enable_acceleration(speedup=2.0)
-    assert _processors(pipe.transformer) == procs  # the first acceleration is intact
+    assert processors(pipe.transformer) == procs  # the first acceleration is intact
     pipe.disable_acceleration()
     pipe.enable_acceleration(speedup=2.0)  # fine after disabling
 
@@ -214,10 +203,10 @@ def test_enable_after_enable_cache_is_an_error_and_vice_versa():
 
     pipe = build_tiny_wan_pipeline()
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
-    procs = _processors(pipe.transformer)
+    procs = processors(pipe.transformer)
     with pytest.raises(RuntimeError, match="diffusers cache enabled.*disable_cache"):
         pipe.enable_acceleration()
-    assert not vdit_accel.is_accelerated(pipe) and _processors(pipe.transformer) == procs
+    assert not vdit_accel.is_accelerated(pipe) and processors(pipe.transformer) == procs
     pipe.transformer.disable_cache()
 
     pipe.enable_acceleration(schedule=[1.0, 0.5, 1.0])

@@ -23,7 +23,7 @@ from vdit_accel.methods.score_reuse import (
 )
 from vdit_accel.runtime import AccelRuntime, Selection, StepRecord
 
-from .conftest import FAMILIES, run_pipe
+from .conftest import FAMILIES, hook_names, processors, run_pipe
 
 
 # ------------------------------------------------------------------------------------- independent reference
@@ -195,17 +195,6 @@ def test_schedule_defaults_follow_the_paper_proportions():
 
 
 # ------------------------------------------------------------------------------------- pipelines
-def _hook_names(module):
-    names = set()
-    for _, m in module.named_modules():
-        reg = getattr(m, "_diffusers_hook", None)
-        if reg is not None:
-            names.update(reg.hooks)
-    return names
-
-
-def _processors(transformer):
-    return {n: m.processor for n, m in transformer.named_modules() if hasattr(m, "processor")}
 
 
 REUSE = ReuseConfig(theta_min=0.3, theta_max=0.5, warmup_steps=1)
@@ -230,7 +219,7 @@ def test_theta_zero_equals_dense_exactly(family):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_reuse_alone(family):
     pipe = FAMILIES[family]()
-    before = _processors(pipe.transformer)
+    before = processors(pipe.transformer)
     dense = run_pipe(pipe, steps=4)
     pipe.enable_acceleration(reuse=REUSE, token_selection=None)
     out = run_pipe(pipe, steps=4)
@@ -245,8 +234,8 @@ def test_reuse_alone(family):
     assert s["group_names"] == expected_groups and all(0 < g < 1 for g in s["groups"].values())
     assert vdit_accel.summary(pipe)["computed_token_fraction"] == 1.0  # reuse alone skips no tokens
     pipe.disable_acceleration()
-    assert _processors(pipe.transformer) == before
-    assert not any(n.startswith("vdit_accel") for n in _hook_names(pipe.transformer))
+    assert processors(pipe.transformer) == before
+    assert not any(n.startswith("vdit_accel") for n in hook_names(pipe.transformer))
     assert reuse_summary(pipe)["saved_fraction"] == s["saved_fraction"]  # the last run stays readable
     assert torch.equal(run_pipe(pipe, steps=4), dense)
 
@@ -261,7 +250,7 @@ def test_reuse_with_token_selection(family):
     pipe.enable_acceleration(schedule=schedule, reuse=REUSE)
     both = run_pipe(pipe, steps=4)
     assert not torch.equal(both, token_only)
-    assert REUSE_BLOCK_HOOK not in _hook_names(pipe.transformer)  # token selection's block hook drives the processor
+    assert REUSE_BLOCK_HOOK not in hook_names(pipe.transformer)  # token selection's block hook drives the processor
     s = reuse_summary(pipe)
     step = s["steps"][1]
     assert 0 < step["q_fraction"] < step["k_fraction"]  # Q-side reuse needs the neighbour row selected too
@@ -313,13 +302,13 @@ def test_bad_reuse_config(kwargs, match):
 
 def test_bad_reuse_type_raises_before_any_change():
     pipe = FAMILIES["wan"]()
-    before = _processors(pipe.transformer)
+    before = processors(pipe.transformer)
     with pytest.raises(TypeError, match="`reuse` must be a vdit_accel.ReuseConfig"):
         pipe.enable_acceleration(reuse={"theta_max": 0.5}, token_selection=None)
     with pytest.raises(TypeError, match="dense_last"):
         ReuseConfig(dense_last="yes")
-    assert not vdit_accel.is_accelerated(pipe) and _processors(pipe.transformer) == before
-    assert not _hook_names(pipe.transformer)
+    assert not vdit_accel.is_accelerated(pipe) and processors(pipe.transformer) == before
+    assert not hook_names(pipe.transformer)
     assert AccelerationConfig(reuse=REUSE, token_selection=None).reuse is REUSE
 
 

@@ -7,10 +7,6 @@ The tokenizer is a word-level T5-style tokenizer built in memory (``<pad>=0``, `
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
-from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
 from diffusers import (
@@ -24,6 +20,8 @@ from diffusers import (
     WanTransformer3DModel,
 )
 
+from .tiny_model.tokenizer import build_word_level_tokenizer
+
 WORDS = (
     "a an the of and with in on at to is are dog cat monkey dance dancing run running fly flying red blue green "
     "small big car tree sky sea beach city night day robot astronaut horse riding mars video slow fast camera "
@@ -36,20 +34,7 @@ WORDS = (
 # ----------------------------------------------------------------------------------------------------------------
 def build_offline_t5_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
     """T5-like tokenizer with <pad>=0, </s>=1, <unk>=2, appending </s> like T5 does. No files, no network."""
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = Whitespace()
-    tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=model_max_length,
-        padding_side="right",
-    )
+    return build_word_level_tokenizer(WORDS, model_max_length)
 
 
 def build_tiny_umt5(vocab_size: int, d_model: int = 32) -> UMT5EncoderModel:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .data import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES
 
-__all__ = ["VOCAB_WORDS", "build_tokenizer"]
+__all__ = ["VOCAB_WORDS", "build_tokenizer", "build_word_level_tokenizer"]
 
 _TEMPLATE_WORDS = "a an the moving on background of in video".split()
 _EXTRA_WORDS = (
@@ -24,8 +24,9 @@ VOCAB_WORDS: tuple[str, ...] = tuple(
 )
 
 
-def build_tokenizer(model_max_length: int = 512):
-    """Return a ``transformers`` fast tokenizer (lower-cases, splits on whitespace/punctuation, unknown → ``<unk>``)."""
+def build_word_level_tokenizer(words, model_max_length: int = 512, lowercase: bool = False):
+    """A ``transformers`` fast tokenizer over ``words`` with T5 ids (``<pad>=0``, ``</s>=1``, ``<unk>=2``, ``</s>``
+    appended); splits on whitespace/punctuation, unknown words map to ``<unk>``. No files, no network."""
     from tokenizers import Tokenizer, normalizers
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
@@ -33,10 +34,11 @@ def build_tokenizer(model_max_length: int = 512):
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in VOCAB_WORDS:
+    for w in words:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = Whitespace()
     tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
@@ -47,3 +49,8 @@ def build_tokenizer(model_max_length: int = 512):
         model_max_length=model_max_length,
         padding_side="right",
     )
+
+
+def build_tokenizer(model_max_length: int = 512):
+    """The bundled model's tokenizer (lower-cases, splits on whitespace/punctuation, unknown → ``<unk>``)."""
+    return build_word_level_tokenizer(VOCAB_WORDS, model_max_length, lowercase=True)
