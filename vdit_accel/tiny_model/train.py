@@ -73,9 +73,9 @@ class _Progress:
 
     def out_of_time(self, step: int) -> bool:
         """True (and the run is marked time-limited) when the budget ends the phase before its step count."""
-        if self(step) >= 1.0:
-            self.time_limited = True
-        return self.time_limited and self(step) >= 1.0
+        over = self(step) >= 1.0
+        self.time_limited |= over
+        return over
 
     def lr(self, step: int, peak: float, floor: float = 0.05) -> float:
         if step < self.warmup:
@@ -125,7 +125,8 @@ def _to_model(videos_u8: np.ndarray) -> torch.Tensor:
 
 def train_vae(vae, steps: int, seed: int, budget_s: float, batch: int = 3, frames: int = 9, crop: int = 32,
               lr: float = 1.5e-3, kl_weight: float = 1e-4, sample_posterior: bool = False, log_every: int = 25,
-              threads=(2,), warmup: int = 30, phase: str = "vae") -> dict:
+              threads=(2,), warmup: int = 30, phase: str = "vae", data_offset: int = 0) -> dict:
+    """Train ``vae`` for ``steps`` steps; ``data_offset`` shifts the clip seeds (another phase, other clips)."""
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     prog, tuner = _Progress(steps, budget_s, warmup=warmup), _ThreadTuner(threads)
@@ -145,7 +146,7 @@ def train_vae(vae, steps: int, seed: int, budget_s: float, batch: int = 3, frame
         # which a chunk follows a 4-frame chunk, the state every later chunk of a 17-frame video is in. Training on
         # 5-frame clips only (1 + 4) left frames 6-17 at 14-18 dB while frames 1-5 reached 21-28 dB.
         f_step, b_step = (1, 8) if step % 2 == 0 else (frames, batch)
-        vids, _, masks = make_dataset(b_step, seed=seed * 1_000_003 + 17 + step + 500_000 * (frames > 9),
+        vids, _, masks = make_dataset(b_step, seed=seed * 1_000_003 + 17 + step + data_offset,
                                       num_frames=f_step)
         if crop:  # random crops: the VAE is convolutional, and 4x fewer pixels buy 4x more steps on a CPU
             rs = np.random.default_rng(seed + step)
@@ -291,17 +292,10 @@ def _read_vae_log(vae_log: str, args) -> dict | None:
     return log
 
 
-def _vae_done(vae_log: str, args) -> bool:
-    log = _read_vae_log(vae_log, args)
-    return log is not None and log["phases_done"] == 2
-
-
 def _vae_stage(args, vae, vae_dir: str, vae_log: str, budget: float, threads) -> dict:
     """Stage 1: phase 1 (1- and ``--vae-frames``-frame clips), then phase 2 (1- and 17-frame clips, the decoder's
     full causal cache: later chunks drift where only shorter clips were trained). Each phase ends with a
     checkpoint in OUT/vae, and a run with the same VAE settings picks up after the last finished phase."""
-    from diffusers import AutoencoderKLWan
-
     log = _read_vae_log(vae_log, args)
     done = log["phases_done"] if log else 0
     if done == 2:
@@ -321,13 +315,13 @@ def _vae_stage(args, vae, vae_dir: str, vae_log: str, budget: float, threads) ->
         _write_log(vae_log, {"args": vars(args), "torch": torch.__version__, "phases_done": 1, "phase1": info1})
     _log(f"stage 1/3: VAE phase 2 ({args.vae_long_steps} steps, 1/17-frame clips)")
     info2 = train_vae(vae, args.vae_long_steps, args.seed, long_share, batch=2, frames=17, lr=args.vae_long_lr,
-                      threads=threads, warmup=10, phase="vae-long")
+                      threads=threads, warmup=10, phase="vae-long", data_offset=500_000)
     vae.save_pretrained(vae_dir, safe_serialization=True)
     info = {"steps": info1["steps"] + info2["steps"], "seconds": info1["seconds"] + info2["seconds"],
             "time_limited": info1["time_limited"] or info2["time_limited"],
             "history": info1["history"] + [{**h, "step": h["step"] + info1["steps"]} for h in info2["history"]],
-            "threads_last": info2["threads_last"], "phases": [info1, info2]}
-    info["phases"] = [{k: v for k, v in ph.items() if k != "history"} for ph in (info1, info2)]
+            "threads_last": info2["threads_last"],
+            "phases": [{k: v for k, v in ph.items() if k != "history"} for ph in (info1, info2)]}
     _write_log(vae_log, {"args": vars(args), "torch": torch.__version__, "phases_done": 2, "phase1": info1,
                          "vae": info})
     return info
@@ -388,12 +382,12 @@ def main(argv: list[str] | None = None) -> None:
             _log(f"VAE saved to {vae_dir} ({vae_info['seconds'] / 60:.1f} min); continue with --stage dit")
             return
     else:
-        if not _vae_done(vae_log, args):
+        log = _read_vae_log(vae_log, args)
+        if log is None or log["phases_done"] != 2:
             raise SystemExit(f"--stage dit needs a trained VAE: run --stage vae --out {args.out} first")
         vae.load_state_dict(AutoencoderKLWan.from_pretrained(vae_dir).state_dict())  # config stays path-free
         vae.eval()
-        with open(vae_log) as f:
-            vae_info = json.load(f)["vae"]
+        vae_info = log["vae"]
         _log(f"stage 1/3: VAE loaded from {vae_dir} (trained {vae_info['steps']} steps)")
     t_dit_start = time.time()
     # The stages after the VAE get the rest of the budget as if the VAE had used exactly its share.
