@@ -538,6 +538,11 @@ def enable_parallelism(pipe_or_transformer, parallel: str | ContextParallelConfi
                                         text_keys=_text_key_position(tr))
         HookRegistry.check_if_exists_or_initialize(tr).register_hook(hook, CHECK_HOOK)
         hook.sync(tr, check_processors=False)  # processors are checked at the first call (acceleration may follow)
+    # Every rank leaves together. The device mesh's subgroups are built through the store that rank 0 hosts; a rank
+    # that then fails fast (a bad input is caught at the first transformer call) and exits would otherwise take the
+    # store down while a slower peer is still building them, and that peer would die of a broken pipe instead of
+    # reporting the real error (seen in tests/test_parallel.py under load).
+    dist.barrier()
     return pipe_or_transformer
 
 
