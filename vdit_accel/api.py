@@ -19,9 +19,10 @@ from .adapters import ModelAdapter, get_adapter
 from .config import AccelerationConfig, TokenSelectionConfig
 from .methods.token_selection import apply_token_selection, remove_token_selection
 from .runtime import STEP_TRACKER_HOOK, AccelRuntime, StepTrackerHook, scheduler_step_resolver
+from .runtime.handle import HANDLE_ATTR as _HANDLE_ATTR
+from .runtime.handle import transformers_of as _transformers_of
 from .schedule import BudgetSchedule
 
-_HANDLE_ATTR = "_vdit_accel"
 
 
 @dataclass
@@ -46,15 +47,6 @@ class AccelerationHandle:
             registry.remove_hook(STEP_TRACKER_HOOK, recurse=False)
             registry.invalidate_child_registries_cache()
         delattr(self.transformer, _HANDLE_ATTR)
-
-
-def _transformers_of(pipe) -> list[tuple[str, torch.nn.Module]]:
-    out = []
-    for name in ("transformer", "transformer_2"):
-        module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module):
-            out.append((name, module))
-    return out
 
 
 def build_config(config: AccelerationConfig | None = None, *, speedup: float | None = None,

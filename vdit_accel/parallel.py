@@ -86,6 +86,8 @@ from diffusers.models import attention_dispatch as _ad
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput, ParallelConfig
 
 from .kernels import query_sparse_attention
+from .runtime.handle import get_handle, transformers_of
+from .runtime.processors import set_processor
 
 CHECK_HOOK = "vdit_accel_cp_check"
 _CP_HOOK_PREFIXES = ("cp_input---", "cp_output---")
@@ -463,12 +465,11 @@ def _install_dispatching_processors(transformer) -> None:
     """Families whose processor calls F.sdpa directly get a dispatching one (also inside acceleration wrappers and in
     the acceleration handle's saved originals, so ``disable_acceleration`` restores the dispatching processor)."""
     from .adapters import QuerySparseProcessorBase
-    from .methods.token_selection import _set_processor
 
     cls = DISPATCHING_PROCESSORS.get(type(transformer).__name__)
     if cls is None:
         return
-    handle = getattr(transformer, "_vdit_accel", None)
+    handle = get_handle(transformer)
     for name, module in _self_attention_modules(transformer):
         proc = module.processor
         if isinstance(proc, QuerySparseProcessorBase):
@@ -479,7 +480,7 @@ def _install_dispatching_processors(transformer) -> None:
                 if handle is not None and name in handle.processors:
                     handle.processors[name] = new
         elif not isinstance(proc, cls):
-            _set_processor(module, cls())
+            set_processor(module, cls())
 
 
 def enable_parallelism(pipe_or_transformer, parallel: str | ContextParallelConfig = "ulysses", *,
@@ -506,9 +507,8 @@ def enable_parallelism(pipe_or_transformer, parallel: str | ContextParallelConfi
     if isinstance(pipe_or_transformer, torch.nn.Module):
         transformers = [("transformer", pipe_or_transformer)]
     else:
-        from .api import _transformers_of
 
-        transformers = _transformers_of(pipe_or_transformer)
+        transformers = transformers_of(pipe_or_transformer)
         if not transformers:
             raise ValueError(f"{type(pipe_or_transformer).__name__} has no transformer to parallelise.")
     plans = {}
@@ -622,7 +622,7 @@ class ContextParallelCheckHook(ModelHook):
                     f"{text.shape[1]}.")
 
     def sync(self, module, check_processors: bool = True) -> None:
-        handle = getattr(module, "_vdit_accel", None)
+        handle = get_handle(module)
         _ensure_cp_hooks_outermost(module, self.plan)
         if handle is not None:
             rt = handle.runtime
@@ -740,12 +740,10 @@ def sharded_selector(shards: int) -> Callable:
 def emulate_rank_selection(pipe_or_transformer, shards: int) -> None:
     """Make an accelerated single-process pipeline select tokens per shard as a ``shards``-rank context-parallel run
     does (the same per-rank budgets), so the two outputs can be compared. ``shards=1`` restores the global top-k."""
-    from .api import _HANDLE_ATTR, _transformers_of
-
     modules = ([pipe_or_transformer] if isinstance(pipe_or_transformer, torch.nn.Module)
-               else [m for _, m in _transformers_of(pipe_or_transformer)])
+               else [m for _, m in transformers_of(pipe_or_transformer)])
     for m in modules:
-        handle = getattr(m, _HANDLE_ATTR, None)
+        handle = get_handle(m)
         if handle is None:
             raise ValueError("Acceleration is not enabled; call `enable_acceleration` first.")
         if shards == 1:

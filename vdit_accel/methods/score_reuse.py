@@ -80,6 +80,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockRegistry
 
 from ..runtime import AccelRuntime, Selection
+from ..runtime.handle import get_handle
+from ..runtime.processors import set_processor
 
 REUSE_BLOCK_HOOK = "vdit_accel_score_reuse"
 AXES = ("t", "x", "y")
@@ -550,8 +552,6 @@ def apply_score_reuse(transformer: torch.nn.Module, adapter, runtime: AccelRunti
 
     With token selection already installed, only the Q/K transform is added. Alone, the adapter's self-attention
     processor and a light block hook (:class:`ReuseOnlyBlockHook`) are installed too, and removed again."""
-    from .token_selection import _set_processor
-
     if not isinstance(config, ReuseConfig):
         raise TypeError(f"`reuse` must be a vdit_accel.ReuseConfig, got {type(config).__name__}.")
     blocks = adapter.blocks(transformer)
@@ -573,7 +573,7 @@ def apply_score_reuse(transformer: torch.nn.Module, adapter, runtime: AccelRunti
                 ReuseOnlyBlockHook(runtime, config, transform, block_name, adapter, heads, groups[-1][2]),
                 REUSE_BLOCK_HOOK)
         for name, proc in originals.items():
-            _set_processor(transformer.get_submodule(name), adapter.make_processor(proc, runtime))
+            set_processor(transformer.get_submodule(name), adapter.make_processor(proc, runtime))
     kernel = None
     if config.mode == "kernel":
         kernel = KernelReuseAttention(runtime, config, stats, transform, runtime.attention_fn)
@@ -594,7 +594,7 @@ def apply_score_reuse(transformer: torch.nn.Module, adapter, runtime: AccelRunti
             if registry is not None and registry.get_hook(REUSE_BLOCK_HOOK) is not None:
                 registry.remove_hook(REUSE_BLOCK_HOOK, recurse=False)
         for name, proc in originals.items():
-            _set_processor(transformer.get_submodule(name), proc)
+            set_processor(transformer.get_submodule(name), proc)
         runtime.extras.pop("reuse", None)
         _LAST_STATS[transformer] = stats
 
@@ -605,7 +605,7 @@ def reuse_summary(pipe_or_transformer, name: str = "transformer") -> dict[str, A
     """Saved fractions (emulation) per step and per layer of the last run: while reuse is enabled, or of the last run
     before ``disable_acceleration()``."""
     module = getattr(pipe_or_transformer, name, pipe_or_transformer)
-    handle = getattr(module, "_vdit_accel", None)  # api._HANDLE_ATTR (not imported: methods must not import api)
+    handle = get_handle(module)
     stats = handle.runtime.extras.get("reuse") if handle is not None else None
     if stats is None:
         stats = _LAST_STATS.get(module)

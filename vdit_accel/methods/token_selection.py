@@ -22,6 +22,7 @@ from diffusers.hooks.hooks import BaseState
 from ..config import TokenSelectionConfig
 from ..kernels import gather_rows
 from ..runtime import AccelRuntime, ContextStateManager, Selection
+from ..runtime.processors import set_processor
 
 BLOCK_HOOK = "vdit_accel_token_selection"
 ROWS_HOOK = "vdit_accel_token_rows"
@@ -176,7 +177,7 @@ def apply_token_selection(transformer: torch.nn.Module, adapter, runtime: AccelR
         HookRegistry.check_if_exists_or_initialize(block).register_hook(
             TokenSelectionBlockHook(runtime, config, block_name), BLOCK_HOOK)
     for name, proc in originals.items():
-        _set_processor(transformer.get_submodule(name), adapter.make_processor(proc, runtime))
+        set_processor(transformer.get_submodule(name), adapter.make_processor(proc, runtime))
     return originals
 
 
@@ -190,12 +191,4 @@ def remove_token_selection(transformer: torch.nn.Module, adapter, originals: dic
         if registry is not None:
             registry.remove_hook(BLOCK_HOOK, recurse=False)
     for name, proc in originals.items():
-        _set_processor(transformer.get_submodule(name), proc)
-
-
-def _set_processor(module: torch.nn.Module, processor) -> None:
-    # Attention / AttentionModuleMixin have set_processor; MochiAttention has only the attribute.
-    if hasattr(module, "set_processor"):
-        module.set_processor(processor)
-    else:
-        module.processor = processor
+        set_processor(transformer.get_submodule(name), proc)
