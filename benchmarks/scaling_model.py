@@ -65,19 +65,11 @@ BUDGETS = (1.0, 0.5, 0.3)
 
 
 class _Cfg:
-    """The config attributes ``vdit_accel.cost.block_flops`` reads."""
+    """The config attributes the Wan adapter's FLOP model (``vdit_accel.adapters.wan.ADAPTER.flops``) reads."""
 
     def __init__(self, heads, head_dim, ffn, layers, text_dim):
         self.num_attention_heads, self.attention_head_dim, self.ffn_dim = heads, head_dim, ffn
         self.num_layers, self.text_dim = layers, text_dim
-
-
-class _Shape:
-    def __init__(self, cfg):
-        self.config = cfg
-
-
-WanTransformer3DModel = type("WanTransformer3DModel", (_Shape,), {})  # block_flops dispatches on the class name
 
 
 def layouts(p: int, heads: int) -> list[tuple[str, int, int]]:
@@ -96,7 +88,7 @@ def layouts(p: int, heads: int) -> list[tuple[str, int, int]]:
 
 
 def step_time(model: str, p: int, u: int, r: int, budget: float, device: str, throughput_flops: float) -> dict:
-    from vdit_accel.cost import block_flops
+    from vdit_accel.adapters.wan import ADAPTER
 
     heads, hd, ffn, layers, text_dim = MODELS[model]
     cfg = _Cfg(heads, hd, ffn, layers, text_dim)
@@ -104,7 +96,7 @@ def step_time(model: str, p: int, u: int, r: int, budget: float, device: str, th
     t = ASSUMPTIONS["text_tokens"]
     n = N_VIDEO
     b = ASSUMPTIONS["bytes_per_element"]
-    blk = block_flops(WanTransformer3DModel(cfg), n, t)
+    blk = ADAPTER.flops(cfg, n, t)  # a config of real model widths, no weights
     # the text K/V of cross-attention (2·2·c²·t, inside blk.dense) is repeated on every rank; the rest divides by p
     text_kv = 2 * (2 * c * c * t)
     per_rank_block = (blk.at(budget) - text_kv) / p + text_kv

@@ -389,7 +389,7 @@ def test_unsupported_transformer_names_supported_families():
 
 @pytest.mark.parametrize("family", ["hunyuan_video", "mochi"])
 def test_context_parallel_plan_splits_the_tokens_it_names(family):
-    """The adapters' context-parallel plans (``extra["cp_plan"]``, for families diffusers has none for) name real
+    """The adapters' context-parallel plans (``cp_plan``, for families diffusers has none for) name real
     modules and arguments, and every tensor they split or gather has the declared rank and the video token count on
     the split dimension (diffusers silently skips a split whose rank does not match); the text is never split."""
     import inspect
@@ -402,8 +402,8 @@ def test_context_parallel_plan_splits_the_tokens_it_names(family):
     pipe = _pipe(family)
     transformer = pipe.transformer
     adapter = get_adapter(transformer)
-    plan = adapter.extra["cp_plan"]
-    assert plan and getattr(type(transformer), "_cp_plan", None) is None
+    plan = adapter.cp_plan
+    assert plan and getattr(type(transformer), "_cp_plan", None) is None and adapter.cp_text == "whole"
     seen, handles = {}, []
     for module_id in ["", *plan]:
         module = _get_submodule_by_name(transformer, module_id)

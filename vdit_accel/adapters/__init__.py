@@ -10,7 +10,8 @@ import importlib
 
 import torch
 
-from .base import ModelAdapter, QuerySparseProcessorBase
+from .base import BlockFlops, ModelAdapter, QuerySparseAttnProcessor, QuerySparseProcessorBase
+from .sizes import SizeRules
 
 _FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi")
 _REGISTRY: dict[type, ModelAdapter] = {}
@@ -47,4 +48,5 @@ def get_adapter(transformer: torch.nn.Module) -> ModelAdapter:
     return adapter
 
 
-__all__ = ["ModelAdapter", "QuerySparseProcessorBase", "get_adapter", "register_adapter", "supported_transformers"]
+__all__ = ["BlockFlops", "ModelAdapter", "QuerySparseAttnProcessor", "QuerySparseProcessorBase", "SizeRules",
+           "get_adapter", "register_adapter", "supported_transformers"]

@@ -19,8 +19,8 @@ from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .base import ModelAdapter, QuerySparseProcessorBase, gather_rope_rows
-from .joint import attend_joint
+from .base import ModelAdapter, QuerySparseAttnProcessor, gather_rope_rows, project_heads
+from .sizes import SizeRules, pipe_factor
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -35,56 +35,46 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, index: torch.Te
     return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
-class HunyuanVideoQuerySparseAttnProcessor(QuerySparseProcessorBase):
+class HunyuanVideoQuerySparseAttnProcessor(QuerySparseAttnProcessor):
     """``attn`` of both block kinds: queries of the selected video tokens and of all text tokens, keys/values of all
     tokens (padded text keys dropped)."""
 
+    joint = "text_last"
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        sel = self.runtime.selection
-        if sel is None or encoder_hidden_states is None:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        batch, n_video, _ = hidden_states.shape
-        dual = attn.add_q_proj is not None
-        x_sel = sel.gather(hidden_states)
-        heads = (attn.heads, -1)
-        q, k, v = (attn.to_q(x_sel).unflatten(2, heads), attn.to_k(hidden_states).unflatten(2, heads),
-                   attn.to_v(hidden_states).unflatten(2, heads))
-        proj_q, proj_k, proj_v = ((attn.add_q_proj, attn.add_k_proj, attn.add_v_proj) if dual
-                                  else (attn.to_q, attn.to_k, attn.to_v))
-        tq, tk, tv = (proj(encoder_hidden_states).unflatten(2, heads) for proj in (proj_q, proj_k, proj_v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        norm_tq, norm_tk = (attn.norm_added_q, attn.norm_added_k) if dual else (attn.norm_q, attn.norm_k)
-        if norm_tq is not None:
-            tq = norm_tq(tq)
-        if norm_tk is not None:
-            tk = norm_tk(tk)
-        if image_rotary_emb is not None:
-            cos, sin = image_rotary_emb
-            q = _rope(q, cos, sin, sel.index)
-            k = _rope(k, cos, sin, None)
-        text_mask = None
-        if attention_mask is not None:
-            # The mask covers [video, text]; only its text part (the last N_text entries) is read.
-            n_text = tq.shape[1]
-            mask = attention_mask.reshape(batch, -1)
-            if mask.dtype != torch.bool or mask.shape[1] <= n_text or not bool(mask[:, :-n_text].all()):
-                raise ValueError(
-                    "vdit-accel's HunyuanVideo processor expects the transformer's bool padding mask [B, 1, 1, "
-                    f"N_video + N_text] with every video token valid; got {tuple(attention_mask.shape)} "
-                    f"{attention_mask.dtype}. Call `pipe.disable_acceleration()` for custom masks."
-                )
-            text_mask = mask[:, -n_text:]
-        video_out, text_out = attend_joint(self, sel, (q, k, v), (tq, tk, tv), text_mask)
-        video_out = video_out.flatten(2, 3).to(q.dtype)
-        text_out = text_out.flatten(2, 3).to(q.dtype)
-        if getattr(attn, "to_out", None) is not None:
-            video_out = attn.to_out[1](attn.to_out[0](video_out))
-        if getattr(attn, "to_add_out", None) is not None:
-            text_out = attn.to_add_out(text_out)
-        return sel.scatter(video_out, n_video), text_out
+        return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def applies(self, attn, encoder_hidden_states, attention_mask):
+        return encoder_hidden_states is not None
+
+    def project(self, attn, sel, hidden_states, encoder_hidden_states):
+        video = project_heads(attn, sel.gather(hidden_states), hidden_states)
+        if attn.add_q_proj is None:  # single-stream block: text through the same projections
+            return video, project_heads(attn, encoder_hidden_states, encoder_hidden_states)
+        return video, project_heads(attn, encoder_hidden_states, encoder_hidden_states,
+                                    (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+                                    (attn.norm_added_q, attn.norm_added_k))
+
+    def rope(self, attn, sel, qkv, rotary_emb):
+        if rotary_emb is None:
+            return qkv
+        q, k, v = qkv
+        cos, sin = rotary_emb
+        return _rope(q, cos, sin, sel.index), _rope(k, cos, sin, None), v
+
+    def text_mask(self, attention_mask, text_qkv):
+        if attention_mask is None:
+            return None
+        # The mask covers [video, text]; only its text part (the last N_text entries) is read.
+        batch, n_text = text_qkv[0].shape[:2]
+        mask = attention_mask.reshape(batch, -1)
+        if mask.dtype != torch.bool or mask.shape[1] <= n_text or not bool(mask[:, :-n_text].all()):
+            raise ValueError(
+                "vdit-accel's HunyuanVideo processor expects the transformer's bool padding mask [B, 1, 1, "
+                f"N_video + N_text] with every video token valid; got {tuple(attention_mask.shape)} "
+                f"{attention_mask.dtype}. Call `pipe.disable_acceleration()` for custom masks."
+            )
+        return mask[:, -n_text:]
 
 
 def _hunyuan_grid(transformer, args, kwargs):
@@ -116,6 +106,14 @@ CP_PLAN = {
     "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
+def hunyuan_video_size_rules(pipe) -> SizeRules:
+    """Multiples of VAE ×8 × patch 2 and ``4k + 1`` frames; RoPE is computed for any grid (no model limit)."""
+    cfg = pipe.transformer.config
+    vae = pipe_factor(pipe, ("vae_scale_factor_spatial",), 8)
+    return SizeRules(spatial=vae * int(cfg.patch_size), temporal=pipe_factor(pipe, ("vae_scale_factor_temporal",), 4),
+                     vae_spatial=vae, patch_hw=int(cfg.patch_size), patch_t=int(cfg.patch_size_t))
+
+
 ADAPTER = ModelAdapter(
     name="hunyuan_video",
     transformer_cls=HunyuanVideoTransformer3DModel,
@@ -130,5 +128,7 @@ ADAPTER = ModelAdapter(
     cfg_batched=False,
     notes="joint [video, text] attention in dual- and single-stream blocks: text always computed, padded text keys "
           "dropped; video FFN / single-stream MLP on selected tokens; token refiner untouched",
-    extra={"cp_plan": CP_PLAN},
+    cp_plan=CP_PLAN,
+    cp_text="whole",
+    size_rules=hunyuan_video_size_rules,
 )

@@ -13,29 +13,25 @@ from __future__ import annotations
 from diffusers import LTXVideoTransformer3DModel
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
-from .base import ModelAdapter, QuerySparseProcessorBase, bound_arg, gather_rope_rows
+from .base import ModelAdapter, QuerySparseAttnProcessor, bound_arg, rope_selected
+from .sizes import SizeRules, pipe_factor
 
 
-class LTXQuerySparseAttnProcessor(QuerySparseProcessorBase):
+class LTXQuerySparseAttnProcessor(QuerySparseAttnProcessor):
     """``attn1`` of ``LTXVideoTransformerBlock``: queries of the selected tokens only, keys/values of all tokens."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        sel = self.runtime.selection
-        if sel is None or encoder_hidden_states is not None or attention_mask is not None:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        batch, seq_len, _ = hidden_states.shape
-        query = attn.norm_q(attn.to_q(sel.gather(hidden_states)))
-        key = attn.norm_k(attn.to_k(hidden_states))
-        value = attn.to_v(hidden_states)
-        if image_rotary_emb is not None:
-            cos, sin = image_rotary_emb
-            query = apply_rotary_emb(query, (gather_rope_rows(cos, sel.index, batch),
-                                             gather_rope_rows(sin, sel.index, batch)))
-            key = apply_rotary_emb(key, image_rotary_emb)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-        out = self.attend(sel, query, key, value).flatten(2, 3).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        return sel.scatter(out, seq_len)
+        return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def project(self, attn, sel, hidden_states, encoder_hidden_states):
+        # RMSNorm and RoPE span all heads: the head split waits until after RoPE
+        return (attn.norm_q(attn.to_q(sel.gather(hidden_states))), attn.norm_k(attn.to_k(hidden_states)),
+                attn.to_v(hidden_states)), None
+
+    def rope(self, attn, sel, qkv, rotary_emb):
+        if rotary_emb is not None:
+            qkv = rope_selected(qkv, sel, rotary_emb, lambda x, cos, sin: apply_rotary_emb(x, (cos, sin)))
+        return tuple(t.unflatten(2, (attn.heads, -1)) for t in qkv)
 
 
 def _ltx_grid(transformer, args, kwargs):
@@ -52,6 +48,15 @@ def _ltx_grid(transformer, args, kwargs):
     return int(f) // p_t, int(h) // p, int(w) // p
 
 
+def ltx_size_rules(pipe) -> SizeRules:
+    """Multiples of the VAE's 32 px × patch and ``8k + 1`` frames; RoPE is computed for any grid (no model limit)."""
+    vae = pipe_factor(pipe, ("vae_spatial_compression_ratio",), 32)
+    patch = pipe_factor(pipe, ("transformer_spatial_patch_size",), int(pipe.transformer.config.patch_size))
+    patch_t = pipe_factor(pipe, ("transformer_temporal_patch_size",), int(pipe.transformer.config.patch_size_t))
+    return SizeRules(spatial=vae * patch, temporal=pipe_factor(pipe, ("vae_temporal_compression_ratio",), 8),
+                     vae_spatial=vae, patch_hw=patch, patch_t=patch_t)
+
+
 ADAPTER = ModelAdapter(
     name="ltx",
     transformer_cls=LTXVideoTransformer3DModel,
@@ -63,5 +68,5 @@ ADAPTER = ModelAdapter(
     rope_groups_fn=lambda transformer: None,  # t/h/w frequencies interleaved over inner_dim, not per-head groups
     cfg_batched=True,
     notes="self-attention query-sparse; cross-attention (with its text mask) and FFN on selected tokens",
-    extra={"cp_plan": None},  # diffusers' LTXVideoTransformer3DModel._cp_plan applies
+    size_rules=ltx_size_rules,  # cp_plan: diffusers' LTXVideoTransformer3DModel._cp_plan applies
 )

@@ -16,8 +16,8 @@ import torch
 from diffusers import MochiTransformer3DModel
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
-from .base import ModelAdapter, QuerySparseProcessorBase, gather_rope_rows
-from .joint import attend_joint
+from .base import ModelAdapter, QuerySparseAttnProcessor, project_heads, rope_selected
+from .sizes import SizeRules, pipe_factor
 
 
 def _mochi_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -29,42 +29,27 @@ def _mochi_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.stack([c, s], dim=-1).flatten(-2)
 
 
-class MochiQuerySparseAttnProcessor(QuerySparseProcessorBase):
+class MochiQuerySparseAttnProcessor(QuerySparseAttnProcessor):
     """``attn1`` of ``MochiTransformerBlock``: queries of the selected video tokens and of the valid text tokens,
     keys/values of all video tokens and of the valid text tokens (per sample, as the original)."""
 
+    joint = "text_last"
+    zero_padded_text = True
+
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None):
-        sel = self.runtime.selection
-        if sel is None:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        batch, n_video, _ = hidden_states.shape
-        heads = (attn.heads, -1)
-        q = attn.to_q(sel.gather(hidden_states)).unflatten(2, heads)
-        k = attn.to_k(hidden_states).unflatten(2, heads)
-        v = attn.to_v(hidden_states).unflatten(2, heads)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        tq = attn.add_q_proj(encoder_hidden_states).unflatten(2, heads)
-        tk = attn.add_k_proj(encoder_hidden_states).unflatten(2, heads)
-        tv = attn.add_v_proj(encoder_hidden_states).unflatten(2, heads)
-        if attn.norm_added_q is not None:
-            tq = attn.norm_added_q(tq)
-        if attn.norm_added_k is not None:
-            tk = attn.norm_added_k(tk)
-        if image_rotary_emb is not None:
-            cos, sin = image_rotary_emb
-            q = _mochi_rope(q, gather_rope_rows(cos.unsqueeze(0), sel.index, batch),
-                            gather_rope_rows(sin.unsqueeze(0), sel.index, batch))
-            k = _mochi_rope(k, cos, sin)
-        video_out, text_out = attend_joint(self, sel, (q, k, v), (tq, tk, tv), attention_mask,
-                                           zero_padded_text=True)
-        video_out = attn.to_out[1](attn.to_out[0](video_out.flatten(2, 3).to(q.dtype)))
-        text_out = text_out.flatten(2, 3).to(q.dtype)
-        if hasattr(attn, "to_add_out"):
-            text_out = attn.to_add_out(text_out)
-        return sel.scatter(video_out, n_video), text_out
+        return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def applies(self, attn, encoder_hidden_states, attention_mask):
+        return True
+
+    def project(self, attn, sel, hidden_states, encoder_hidden_states):
+        return (project_heads(attn, sel.gather(hidden_states), hidden_states),
+                project_heads(attn, encoder_hidden_states, encoder_hidden_states,
+                              (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+                              (attn.norm_added_q, attn.norm_added_k)))
+
+    def rope(self, attn, sel, qkv, rotary_emb):
+        return qkv if rotary_emb is None else rope_selected(qkv, sel, rotary_emb, _mochi_rope, add_batch_dim=True)
 
 
 def _mochi_grid(transformer, args, kwargs):
@@ -91,6 +76,14 @@ CP_PLAN = {
     "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
+def mochi_size_rules(pipe) -> SizeRules:
+    """Multiples of VAE ×8 × patch 2 and ``6k + 1`` frames; RoPE frequencies are computed for any grid."""
+    patch = int(pipe.transformer.config.patch_size)
+    vae = pipe_factor(pipe, ("vae_spatial_scale_factor",), 8)
+    return SizeRules(spatial=vae * patch, temporal=pipe_factor(pipe, ("vae_temporal_scale_factor",), 6),
+                     vae_spatial=vae, patch_hw=patch)
+
+
 ADAPTER = ModelAdapter(
     name="mochi",
     transformer_cls=MochiTransformer3DModel,
@@ -102,5 +95,7 @@ ADAPTER = ModelAdapter(
     rope_groups_fn=lambda transformer: None,  # learned per-head frequencies mix t, h and w in every channel
     cfg_batched=True,
     notes="joint [video, valid text] attention per sample: text always computed; video FFN on selected tokens",
-    extra={"cp_plan": CP_PLAN},
+    cp_plan=CP_PLAN,
+    cp_text="whole",
+    size_rules=mochi_size_rules,
 )

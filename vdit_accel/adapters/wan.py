@@ -2,15 +2,19 @@
 
 Token layout: ``attn1`` is self-attention over video tokens only (RoPE inside the processor, interleaved pairs,
 head channels split t/h/w = hd-4(hd//6) / 2(hd//6) / 2(hd//6)); ``attn2`` is cross-attention to text (per video
-token); ``ffn`` is per token. CFG: separate ``cond``/``uncond`` calls with batch B.
+token); ``ffn`` is per token. CFG: separate ``cond``/``uncond`` calls with batch B. diffusers ships a ``_cp_plan``.
+Sizes: the RoPE table has ``rope_max_seq_len`` positions per axis, so each of F', H', W' is at most that.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import WanTransformer3DModel
 
-from .base import ModelAdapter, QuerySparseProcessorBase, gather_rope_rows
+from .base import ModelAdapter, QuerySparseAttnProcessor, rope_selected
+from .sizes import SizeRules, pipe_factor
 
 
 def _apply_wan_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -25,32 +29,26 @@ def _apply_wan_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     return out.type_as(x)
 
 
-class WanQuerySparseAttnProcessor(QuerySparseProcessorBase):
+class WanQuerySparseAttnProcessor(QuerySparseAttnProcessor):
     """``attn1`` of ``WanTransformerBlock``: queries of the selected tokens only, keys/values of all tokens."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        sel = self.runtime.selection
-        if sel is None or encoder_hidden_states is not None or attention_mask is not None:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        batch, seq_len, _ = hidden_states.shape
+        return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+
+    def project(self, attn, sel, hidden_states, encoder_hidden_states):
+        # Wan's RMSNorm spans all heads (norm before the head split); fused QKV projects every row at once
         if attn.fused_projections:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
             query = sel.gather(query)
         else:
             query = attn.to_q(sel.gather(hidden_states))
-            key = attn.to_k(hidden_states)
-            value = attn.to_v(hidden_states)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            cos, sin = rotary_emb
-            query = _apply_wan_rope(query, gather_rope_rows(cos, sel.index, batch),
-                                    gather_rope_rows(sin, sel.index, batch))
-            key = _apply_wan_rope(key, cos, sin)
-        out = self.attend(sel, query, key, value).flatten(2, 3).type_as(query)
-        out = attn.to_out[1](attn.to_out[0](out))
-        return sel.scatter(out, seq_len)
+            key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
+        heads = (attn.heads, -1)
+        return (attn.norm_q(query).unflatten(2, heads), attn.norm_k(key).unflatten(2, heads),
+                value.unflatten(2, heads)), None
+
+    def rope(self, attn, sel, qkv, rotary_emb):
+        return qkv if rotary_emb is None else rope_selected(qkv, sel, rotary_emb, _apply_wan_rope)
 
 
 def _wan_grid(transformer, args, kwargs):
@@ -66,6 +64,27 @@ def _wan_rope_groups(transformer):
     return hd - h - w, h, w
 
 
+def wan_size_rules(pipe) -> SizeRules:
+    """Multiples of lcm(VAE × patch, 16) (Wan pipelines demand multiples of 16), ``4k + 1`` frames (the VAE's temporal
+    factor), and at most ``rope_max_seq_len`` latent positions per axis (the RoPE table's length)."""
+    cfg = pipe.transformer.config
+    p_t, p_h, p_w = (int(p) for p in cfg.patch_size)
+    vae = pipe_factor(pipe, ("vae_scale_factor_spatial",), 8)
+    temporal = pipe_factor(pipe, ("vae_scale_factor_temporal",), 4)
+    token = vae * max(p_h, p_w)
+    spatial = math.lcm(token, 16)
+    positions = int(cfg.rope_max_seq_len)
+    max_side = positions * token // spatial * spatial
+    return SizeRules(
+        spatial=spatial, temporal=temporal, vae_spatial=vae, patch_hw=max(p_h, p_w), patch_t=p_t,
+        max_height=max_side, max_width=max_side, max_frames=(positions * p_t - 1) * temporal + 1,
+        limit=f"the transformer's RoPE table has rope_max_seq_len={positions} positions per axis: at most "
+              f"{positions} latent positions of {token} px, or {positions * p_t} latent frames",
+        spatial_note=f"VAE ×{vae} × patch {max(p_h, p_w)}" + ("" if spatial == token else ", and Wan pipelines "
+                                                                                         "need multiples of 16"),
+    )
+
+
 ADAPTER = ModelAdapter(
     name="wan",
     transformer_cls=WanTransformer3DModel,
@@ -77,4 +96,5 @@ ADAPTER = ModelAdapter(
     rope_groups_fn=_wan_rope_groups,
     cfg_batched=False,
     notes="self-attention query-sparse; cross-attention and FFN on selected tokens; K/V projections dense",
+    size_rules=wan_size_rules,
 )

@@ -91,7 +91,7 @@ def settings_from_args(args, pipe):
 
 def run(args) -> int:
     if getattr(args, "parallel", None):
-        from ..parallel import run_cli
+        from .parallel import run_cli
 
         return run_cli(args, _run)
     return _run(args)
