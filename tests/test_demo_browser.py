@@ -137,9 +137,9 @@ def test_callback_generates_both_videos_then_reuses_the_dense_one(runner):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(prompt="   "), "prompt is empty"),
-    (dict(height=50), "Height 50 is not a multiple of"),
-    (dict(width=0), "Width must be between"),
-    (dict(num_frames=16), "Frames 16 is not"),
+    (dict(height=50), "height=50 is not a multiple of"),
+    (dict(width=0), "width=0 is below this model's minimum"),
+    (dict(num_frames=16), "num_frames=16: num_frames - 1 must be a multiple of"),
     (dict(num_inference_steps=None), "Steps is empty"),
     (dict(speedup=50.0), "not reachable"),
     (dict(token_selection=False, score_reuse=False), "Both methods are off"),
@@ -166,16 +166,39 @@ def test_callback_score_reuse_alone(runner):
 
 
 def test_size_rules_come_from_the_pipeline():
+    from vdit_accel.adapters import get_adapter
     from vdit_accel.app import DemoRunner, run_callback
     from vdit_accel.app.app import DemoRequest
     from vdit_accel.testing import build_tiny_cogvideox_pipeline
 
-    runner = DemoRunner(build_tiny_cogvideox_pipeline(), "tiny-cogvideox")  # int patch size, VAE ×8, ×4 in time
-    assert runner.rules == dict(spatial=16, temporal=4, patch_t=1)
+    pipe = build_tiny_cogvideox_pipeline()
+    runner = DemoRunner(pipe, "tiny-cogvideox")  # int patch size, VAE ×8, ×4 in time
+    assert runner.rules == get_adapter(pipe.transformer).size_rules(pipe)
+    assert (runner.rules.spatial, runner.rules.temporal, runner.rules.patch_t) == (16, 4, 1)
     error = run_callback(runner, DemoRequest(prompt="a cat", num_inference_steps=4, num_frames=17, height=72,
                                              width=64, guidance_scale=6.0))[0]
-    assert error["visible"] and "Height 72 is not a multiple of 16" in error["value"]
-    assert "Try 64 or 80" in error["value"]
+    assert error["visible"] and "height=72 is not a multiple of 16" in error["value"]
+    assert "nearest valid: 64 or 80" in error["value"]
+
+
+def test_demo_limits_come_from_the_model():
+    """The bundled model's RoPE table has 64 positions per axis: the page offers at most 512 px and 253 frames (not
+    the 2048 px and 257 frames it once offered, which failed deep inside diffusers) and says why."""
+    from vdit_accel.app import DemoRunner, run_callback
+    from vdit_accel.app.app import DemoRequest
+    from vdit_accel.loading import bundled_model_available
+    from vdit_accel.tiny_model import load_default_pipeline
+
+    if not bundled_model_available():
+        pytest.skip("the bundled model's weights are not in vdit_accel/assets/")
+    runner = DemoRunner(load_default_pipeline(), "default")
+    assert runner.rules.bounds("height") == (16, 512) and runner.rules.bounds("num_frames") == (1, 253)
+    for overrides, message in [(dict(height=2048), "height=2048 is above this model's limit 512"),
+                               (dict(num_frames=257), "num_frames=257 is above this model's limit 253")]:
+        req = DemoRequest(prompt="a red circle", num_inference_steps=2, num_frames=17, height=64, width=64,
+                          guidance_scale=5.0)
+        error = run_callback(runner, dataclasses.replace(req, **overrides))[0]
+        assert error["visible"] and message in error["value"] and "rope_max_seq_len=64" in error["value"]
 
 
 def test_callback_reports_corrupt_and_mismatched_schedule_files(runner, tmp_path):
@@ -347,7 +370,7 @@ def test_browser_shows_bad_input_and_keeps_serving(page, server, tmp_path):
     _fill_good_input(page, "a green diamond moving up on a striped background", seed=31)
     _set_number(page, "height", 50)
     page.locator("#generate").click()
-    expect(error).to_contain_text("Height 50 is not a multiple of", timeout=RUN_TIMEOUT_MS)
+    expect(error).to_contain_text("height=50 is not a multiple of", timeout=RUN_TIMEOUT_MS)
     # a corrupt schedule file
     _set_number(page, "height", default_height)
     corrupt = tmp_path / "corrupt.json"

@@ -85,7 +85,9 @@ def test_loads_offline_in_a_fresh_process():
 
 
 def test_pipeline_structure(pipe):
-    assert type(pipe).__name__ == "WanPipeline"
+    from diffusers import WanPipeline
+
+    assert isinstance(pipe, WanPipeline)  # TinyShapesWanPipeline: WanPipeline with the trained size as defaults
     assert type(pipe.transformer).__name__ == "WanTransformer3DModel"
     assert type(pipe.vae).__name__ == "AutoencoderKLWan"
     assert type(pipe.text_encoder).__name__ == "UMT5EncoderModel"

@@ -16,7 +16,7 @@ from diffusers.models._modeling_parallel import ContextParallelInput, ContextPar
 from diffusers.models.embeddings import apply_rotary_emb
 
 from .base import BlockFlops, ModelAdapter, QuerySparseAttnProcessor, project_heads, rope_selected
-from .sizes import SizeRules, size_rules_from_pipe
+from .sizes import SizeRules, pipe_factor, video_size_rules
 
 
 def _apply_real_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -139,17 +139,17 @@ def cogvideox_flops(config, num_video: int, num_text: int = 0) -> BlockFlops:
 
 
 def cogvideox_size_rules(pipe) -> SizeRules:
-    """VAE × patch multiples and ``4k + 1`` frames; a model with learned positional embeddings (CogVideoX-5B I2V)
-    runs only at its sample size (the patch embedding raises otherwise)."""
-    rules = size_rules_from_pipe(pipe)
+    """Multiples of lcm(VAE × patch, 8) and ``4k + 1`` frames; a model with learned positional embeddings
+    (CogVideoX-5B I2V) runs only at its sample size (the patch embedding raises otherwise)."""
     cfg = pipe.transformer.config
-    if not cfg.use_learned_positional_embeddings:
-        return rules
-    height, width = cfg.sample_height * rules.vae_spatial, cfg.sample_width * rules.vae_spatial
-    return SizeRules(spatial=rules.spatial, temporal=rules.temporal, vae_spatial=rules.vae_spatial,
-                     patch_hw=rules.patch_hw, patch_t=rules.patch_t, min_height=height, max_height=height,
-                     min_width=width, max_width=width,
-                     limit=f"learned positional embeddings for its sample size {height}×{width} only")
+    vae = pipe_factor(pipe, ("vae_scale_factor_spatial",), 8)
+    limits = {}
+    if cfg.use_learned_positional_embeddings:
+        height, width = cfg.sample_height * vae, cfg.sample_width * vae
+        limits = dict(min_height=height, max_height=height, min_width=width, max_width=width,
+                      limit=f"learned positional embeddings for its sample size {height}×{width} only")
+    return video_size_rules(vae, int(cfg.patch_size), pipe_factor(pipe, ("vae_scale_factor_temporal",), 4),
+                            int(cfg.patch_size_t or 1), 8, "CogVideoXPipeline", **limits)
 
 
 ADAPTER = ModelAdapter(

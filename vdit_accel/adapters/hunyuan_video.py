@@ -20,7 +20,7 @@ from diffusers.models._modeling_parallel import ContextParallelInput, ContextPar
 from diffusers.models.embeddings import apply_rotary_emb
 
 from .base import ModelAdapter, QuerySparseAttnProcessor, gather_rope_rows, project_heads
-from .sizes import SizeRules, pipe_factor
+from .sizes import SizeRules, pipe_factor, video_size_rules
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -107,11 +107,11 @@ CP_PLAN = {
 }
 
 def hunyuan_video_size_rules(pipe) -> SizeRules:
-    """Multiples of VAE ×8 × patch 2 and ``4k + 1`` frames; RoPE is computed for any grid (no model limit)."""
+    """Multiples of lcm(VAE × patch, 16) and ``4k + 1`` frames; RoPE is computed for any grid (no model limit)."""
     cfg = pipe.transformer.config
-    vae = pipe_factor(pipe, ("vae_scale_factor_spatial",), 8)
-    return SizeRules(spatial=vae * int(cfg.patch_size), temporal=pipe_factor(pipe, ("vae_scale_factor_temporal",), 4),
-                     vae_spatial=vae, patch_hw=int(cfg.patch_size), patch_t=int(cfg.patch_size_t))
+    return video_size_rules(pipe_factor(pipe, ("vae_scale_factor_spatial",), 8), int(cfg.patch_size),
+                            pipe_factor(pipe, ("vae_scale_factor_temporal",), 4), int(cfg.patch_size_t), 16,
+                            "HunyuanVideoPipeline")
 
 
 ADAPTER = ModelAdapter(

@@ -14,7 +14,7 @@ from diffusers import LTXVideoTransformer3DModel
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
 from .base import ModelAdapter, QuerySparseAttnProcessor, bound_arg, rope_selected
-from .sizes import SizeRules, pipe_factor
+from .sizes import SizeRules, pipe_factor, video_size_rules
 
 
 class LTXQuerySparseAttnProcessor(QuerySparseAttnProcessor):
@@ -49,12 +49,13 @@ def _ltx_grid(transformer, args, kwargs):
 
 
 def ltx_size_rules(pipe) -> SizeRules:
-    """Multiples of the VAE's 32 px × patch and ``8k + 1`` frames; RoPE is computed for any grid (no model limit)."""
-    vae = pipe_factor(pipe, ("vae_spatial_compression_ratio",), 32)
-    patch = pipe_factor(pipe, ("transformer_spatial_patch_size",), int(pipe.transformer.config.patch_size))
-    patch_t = pipe_factor(pipe, ("transformer_temporal_patch_size",), int(pipe.transformer.config.patch_size_t))
-    return SizeRules(spatial=vae * patch, temporal=pipe_factor(pipe, ("vae_temporal_compression_ratio",), 8),
-                     vae_spatial=vae, patch_hw=patch, patch_t=patch_t)
+    """Multiples of lcm(VAE × patch, 32) and ``8k + 1`` frames; RoPE is computed for any grid (no model limit)."""
+    cfg = pipe.transformer.config
+    return video_size_rules(pipe_factor(pipe, ("vae_spatial_compression_ratio",), 32),
+                            pipe_factor(pipe, ("transformer_spatial_patch_size",), int(cfg.patch_size)),
+                            pipe_factor(pipe, ("vae_temporal_compression_ratio",), 8),
+                            pipe_factor(pipe, ("transformer_temporal_patch_size",), int(cfg.patch_size_t)),
+                            32, "LTXPipeline")
 
 
 ADAPTER = ModelAdapter(

@@ -17,7 +17,7 @@ from diffusers import MochiTransformer3DModel
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
 from .base import ModelAdapter, QuerySparseAttnProcessor, project_heads, rope_selected
-from .sizes import SizeRules, pipe_factor
+from .sizes import SizeRules, pipe_factor, video_size_rules
 
 
 def _mochi_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -77,11 +77,10 @@ CP_PLAN = {
 }
 
 def mochi_size_rules(pipe) -> SizeRules:
-    """Multiples of VAE ×8 × patch 2 and ``6k + 1`` frames; RoPE frequencies are computed for any grid."""
-    patch = int(pipe.transformer.config.patch_size)
-    vae = pipe_factor(pipe, ("vae_spatial_scale_factor",), 8)
-    return SizeRules(spatial=vae * patch, temporal=pipe_factor(pipe, ("vae_temporal_scale_factor",), 6),
-                     vae_spatial=vae, patch_hw=patch)
+    """Multiples of lcm(VAE × patch, 8) and ``6k + 1`` frames; RoPE frequencies are computed for any grid."""
+    return video_size_rules(pipe_factor(pipe, ("vae_spatial_scale_factor",), 8),
+                            int(pipe.transformer.config.patch_size),
+                            pipe_factor(pipe, ("vae_temporal_scale_factor",), 6), 1, 8, "MochiPipeline")
 
 
 ADAPTER = ModelAdapter(

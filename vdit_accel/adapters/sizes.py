@@ -9,6 +9,7 @@ e.g. ``shape '[1, 1, 104, -1]' is invalid``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -90,7 +91,9 @@ class SizeRules:
         nearest = " or ".join(str(v) for v in self.nearest(name, value))
         why = f" ({self.limit})" if self.limit else ""
         if value < lo:
-            return f"{name}={value} is below this model's minimum {lo}{why}; nearest valid: {nearest}."
+            one_step = 1 if name == "num_frames" else self.spatial
+            why_low = why if lo > one_step else f" (one {'frame' if name == 'num_frames' else 'patch'})"
+            return f"{name}={value} is below this model's minimum {lo}{why_low}; nearest valid: {nearest}."
         if hi is not None and value > hi:
             return f"{name}={value} is above this model's limit {hi}{why}; nearest valid: {nearest}."
         if name == "num_frames":
@@ -117,6 +120,20 @@ class SizeRules:
         return f * h * w
 
 
+def video_size_rules(vae: int, patch_hw: int, temporal: int = 1, patch_t: int = 1, pipeline_multiple: int = 1,
+                     pipeline: str = "the pipeline", **limits) -> SizeRules:
+    """Rules for VAE ×``vae`` × patch ``patch_hw`` tokens; ``pipeline_multiple`` is what the pipeline's own
+    ``check_inputs`` demands of height and width (Wan and HunyuanVideo: 16, LTX: 32), so the multiple is the least
+    common multiple of the two. ``limits``: the model's ``min_*`` / ``max_*`` / ``limit`` fields."""
+    token = vae * patch_hw
+    spatial = math.lcm(token, pipeline_multiple)
+    note = f"VAE ×{vae} × patch {patch_hw}"
+    if spatial != token:
+        note += f", and {pipeline} needs multiples of {pipeline_multiple}"
+    return SizeRules(spatial=spatial, temporal=temporal, vae_spatial=vae, patch_hw=patch_hw, patch_t=patch_t,
+                     spatial_note=note, **limits)
+
+
 def pipe_factor(pipe, names: tuple[str, ...], default: int) -> int:
     """The first of the pipeline attributes ``names`` that is set (the VAE factors are named differently per
     pipeline), else ``default``."""
@@ -140,4 +157,4 @@ def size_rules_from_pipe(pipe) -> SizeRules:
         patch_t, patch_hw = int(patch[0]), max(int(patch[-2]), int(patch[-1]))
     else:
         patch_t, patch_hw = int(getattr(cfg, "patch_size_t", None) or 1), int(patch)
-    return SizeRules(spatial=vae * patch_hw, temporal=temporal, vae_spatial=vae, patch_hw=patch_hw, patch_t=patch_t)
+    return video_size_rules(vae, patch_hw, temporal, patch_t)

@@ -8,13 +8,13 @@ Sizes: the RoPE table has ``rope_max_seq_len`` positions per axis, so each of F'
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import torch
 from diffusers import WanTransformer3DModel
 
 from .base import ModelAdapter, QuerySparseAttnProcessor, rope_selected
-from .sizes import SizeRules, pipe_factor
+from .sizes import SizeRules, pipe_factor, video_size_rules
 
 
 def _apply_wan_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -69,20 +69,14 @@ def wan_size_rules(pipe) -> SizeRules:
     factor), and at most ``rope_max_seq_len`` latent positions per axis (the RoPE table's length)."""
     cfg = pipe.transformer.config
     p_t, p_h, p_w = (int(p) for p in cfg.patch_size)
-    vae = pipe_factor(pipe, ("vae_scale_factor_spatial",), 8)
-    temporal = pipe_factor(pipe, ("vae_scale_factor_temporal",), 4)
-    token = vae * max(p_h, p_w)
-    spatial = math.lcm(token, 16)
+    vae, patch = pipe_factor(pipe, ("vae_scale_factor_spatial",), 8), max(p_h, p_w)
+    rules = video_size_rules(vae, patch, pipe_factor(pipe, ("vae_scale_factor_temporal",), 4), p_t, 16, "WanPipeline")
     positions = int(cfg.rope_max_seq_len)
-    max_side = positions * token // spatial * spatial
-    return SizeRules(
-        spatial=spatial, temporal=temporal, vae_spatial=vae, patch_hw=max(p_h, p_w), patch_t=p_t,
-        max_height=max_side, max_width=max_side, max_frames=(positions * p_t - 1) * temporal + 1,
+    max_side = positions * vae * patch // rules.spatial * rules.spatial
+    return dataclasses.replace(
+        rules, max_height=max_side, max_width=max_side, max_frames=(positions * p_t - 1) * rules.temporal + 1,
         limit=f"the transformer's RoPE table has rope_max_seq_len={positions} positions per axis: at most "
-              f"{positions} latent positions of {token} px, or {positions * p_t} latent frames",
-        spatial_note=f"VAE ×{vae} × patch {max(p_h, p_w)}" + ("" if spatial == token else ", and Wan pipelines "
-                                                                                         "need multiples of 16"),
-    )
+              f"{positions} latent positions of {vae * patch} px, or {positions * p_t} latent frames")
 
 
 ADAPTER = ModelAdapter(

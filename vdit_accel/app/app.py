@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 # Settings of the tiny random test pipelines (same as `vdit-accel generate --model tiny-wan`).
 TINY_DEFAULTS = dict(height=64, width=64, num_frames=17, num_inference_steps=10, guidance_scale=6.0,
                      max_sequence_length=16)
-MAX_SIDE = 2048
-MAX_FRAMES = 257
 MAX_STEPS = 200
 VIDEO_FPS = 8
 HEATMAP_FPS = 2
@@ -107,7 +105,7 @@ def default_generation_kwargs(model: str | None, pipe) -> dict[str, Any]:
             out[name] = params[name].default
     if out.get("height") is None or out.get("width") is None:  # e.g. CogVideoX derives them from the config
         cfg = pipe.transformer.config
-        scale = _spatial_vae_factor(pipe)
+        scale = _size_rules(pipe).vae_spatial
         out["height"] = out.get("height") or int(getattr(cfg, "sample_height", 60)) * scale
         out["width"] = out.get("width") or int(getattr(cfg, "sample_width", 90)) * scale
     if out.get("num_frames") is None:  # CogVideoX: the transformer's sample_frames
@@ -116,36 +114,32 @@ def default_generation_kwargs(model: str | None, pipe) -> dict[str, Any]:
     return out
 
 
-def _spatial_vae_factor(pipe) -> int:
-    return int(getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", 8))
+def _size_rules(pipe):
+    """The sizes the model can run: its adapter's rules (VAE and patch multiples, the model's own limits)."""
+    from ..adapters import get_adapter
+
+    return get_adapter(pipe.transformer).size_rules(pipe)
 
 
-def size_rules(pipe) -> dict[str, int]:
-    """``spatial``: height and width must be multiples of it (VAE downsampling × transformer patch);
-    ``temporal``: ``num_frames - 1`` must be a multiple of it (the VAE's temporal compression);
-    ``patch_t``: latent frames per token."""
-    cfg = pipe.transformer.config
-    patch = cfg.patch_size
-    if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
-        patch_t, patch_hw = int(patch[0]), max(int(patch[-2]), int(patch[-1]))
-    else:  # CogVideoX: one spatial patch size, optional temporal one
-        patch_t, patch_hw = int(getattr(cfg, "patch_size_t", None) or 1), int(patch)
-    temporal = int(getattr(pipe, "vae_scale_factor_temporal", None) or 1)
-    return dict(spatial=_spatial_vae_factor(pipe) * patch_hw, temporal=temporal, patch_t=patch_t)
-
-
-def _as_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
+def _whole(name: str, value: Any, hint: str = "") -> int:
     if value is None or value == "":
-        raise DemoInputError(f"{name} is empty; enter a whole number between {lo} and {hi}.{hint}")
+        raise DemoInputError(f"{name} is empty; enter a whole number.{hint}")
     try:
         f = float(value)
     except (TypeError, ValueError):
         raise DemoInputError(f"{name} must be a whole number, got {value!r}.{hint}") from None
     if f != int(f):
         raise DemoInputError(f"{name} must be a whole number, got {value!r}.{hint}")
-    if not lo <= int(f) <= hi:
-        raise DemoInputError(f"{name} must be between {lo} and {hi}, got {int(f)}.{hint}")
     return int(f)
+
+
+def _as_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
+    if value is None or value == "":
+        raise DemoInputError(f"{name} is empty; enter a whole number between {lo} and {hi}.{hint}")
+    v = _whole(name, value, hint)
+    if not lo <= v <= hi:
+        raise DemoInputError(f"{name} must be between {lo} and {hi}, got {v}.{hint}")
+    return v
 
 
 def _score_reuse_config():
@@ -190,7 +184,7 @@ class DemoRunner:
         self.pipe = pipe
         self.model = model
         self.defaults = dict(defaults) if defaults is not None else default_generation_kwargs(model, pipe)
-        self.rules = size_rules(pipe)
+        self.rules = _size_rules(pipe)
         self.out_dir = out_dir or tempfile.mkdtemp(prefix="vdit-demo-")
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, Generation] = OrderedDict()
@@ -203,21 +197,14 @@ class DemoRunner:
         if not isinstance(req.prompt, str) or not req.prompt.strip():
             raise DemoInputError("The prompt is empty: describe the video to generate, e.g. "
                                  "'a red circle moving right on a black background'.")
-        sp, tp = self.rules["spatial"], self.rules["temporal"]
-        size_hint = f" This model needs multiples of {sp} pixels (VAE ×{_spatial_vae_factor(self.pipe)}, patch)."
-        height = _as_int("Height", req.height, sp, MAX_SIDE, size_hint)
-        width = _as_int("Width", req.width, sp, MAX_SIDE, size_hint)
-        for name, value in (("Height", height), ("Width", width)):
-            if value % sp:
-                lower, upper = value // sp * sp, (value // sp + 1) * sp
-                raise DemoInputError(f"{name} {value} is not a multiple of {sp}: this model's VAE and patch size "
-                                     f"need multiples of {sp} pixels. Try {lower or upper} or {upper}.")
-        frame_hint = f" This model needs {tp}·k + 1 frames (e.g. {tp * 4 + 1})." if tp > 1 else ""
-        frames = _as_int("Frames", req.num_frames, 1, MAX_FRAMES, frame_hint)
-        if (frames - 1) % tp:
-            lower = (frames - 1) // tp * tp + 1
-            raise DemoInputError(f"Frames {frames} is not {tp}·k + 1: the VAE compresses {tp} frames into one "
-                                 f"latent frame after the first. Try {lower} or {lower + tp}.")
+        size = {}  # checked against the model's own size rules (its adapter's), before anything runs
+        for label, name, raw in (("Height", "height", req.height), ("Width", "width", req.width),
+                                 ("Frames", "num_frames", req.num_frames)):
+            size[name] = _whole(label, raw)
+            problem = self.rules.problem(name, size[name])
+            if problem is not None:
+                raise DemoInputError(f"{label}: {problem}")
+        height, width, frames = size["height"], size["width"], size["num_frames"]
         steps = _as_int("Steps", req.num_inference_steps, 1, MAX_STEPS)
         seed = _as_int("Seed", req.seed, 0, 2**63 - 1)
         guidance = req.guidance_scale if req.guidance_scale is not None else self.defaults.get("guidance_scale")
@@ -238,9 +225,7 @@ class DemoRunner:
         """The share of a block's FLOPs that token selection cannot skip at this size (the cost model's ``f``)."""
         from ..cost import block_flops
 
-        r = self.rules
-        latent_frames = -(-((s.num_frames - 1) // r["temporal"] + 1) // r["patch_t"])  # ceil: the model pads
-        tokens = latent_frames * (s.height // r["spatial"]) * (s.width // r["spatial"])
+        tokens = self.rules.num_tokens(s.height, s.width, s.num_frames)
         return block_flops(self.pipe.transformer, tokens, s.max_sequence_length or 0).dense_fraction
 
     def acceleration_config(self, req: DemoRequest, settings: GenerationSettings) -> tuple[AccelerationConfig, str]:
@@ -484,11 +469,11 @@ def build_app(pipe_or_model: Any = "default", model_name: str | None = None, out
                     guidance = gr.Number(label="Guidance", value=d.get("guidance_scale"), elem_id="guidance")
                 with gr.Row():
                     frames = gr.Number(label="Frames", value=d.get("num_frames"), precision=0, elem_id="frames",
-                                       info=f"{rules['temporal']}·k + 1")
+                                       info=_size_info(rules, "num_frames"))
                     height = gr.Number(label="Height", value=d.get("height"), precision=0, elem_id="height",
-                                       info=f"multiple of {rules['spatial']}")
+                                       info=_size_info(rules, "height"))
                     width = gr.Number(label="Width", value=d.get("width"), precision=0, elem_id="width",
-                                      info=f"multiple of {rules['spatial']}")
+                                      info=_size_info(rules, "width"))
                 speedup = gr.Slider(1.0, 5.0, value=2.0, step=0.1, label="Target speedup (transformer, cost model)",
                                     elem_id="speedup")
                 schedule = gr.File(label="…or a schedule file (JSON from `vdit-accel search`; overrides the target)",
@@ -534,6 +519,15 @@ def build_app(pipe_or_model: Any = "default", model_name: str | None = None, out
                                        schedule, use_ts, use_reuse], outputs=outputs, concurrency_limit=1)
     demo.runner = runner  # for tests and scripts
     return demo
+
+
+def _size_info(rules, name: str) -> str:
+    """The hint under a size input: the model's rule and limit for it."""
+    lo, hi = rules.bounds(name)
+    rule = f"{rules.temporal}·k + 1" if name == "num_frames" else f"multiple of {rules.spatial}"
+    if hi is not None and hi == lo:
+        return f"{hi} only"
+    return rule if hi is None else f"{rule}, at most {hi}"
 
 
 def run_callback(runner: DemoRunner, req: DemoRequest, progress: Progress | None = None) -> tuple:

@@ -89,11 +89,11 @@ class ContextParallelCheckHook(ModelHook):
                                        f"context parallelism would replace; it is not supported under parallelism.")
                 rt.attention_fn = make_cp_attention_fn(module._parallel_config, rt, self.text_keys)
         if check_processors and (self._synced_handle is not handle or not self._checked):
-            check_processors(module, accelerated=handle is not None)
+            verify_processors(module, accelerated=handle is not None)
             self._synced_handle, self._checked = handle, True
 
 
-def check_processors(transformer, accelerated: bool) -> None:
+def verify_processors(transformer, accelerated: bool) -> None:
     """Every self-attention processor must have received the parallel config, or attention would silently see the
     local shard only. An acceleration wrapper attends through ``runtime.attention_fn`` in every accelerated block, so
     there the wrapper is checked; without acceleration the family's own processor runs and is checked."""

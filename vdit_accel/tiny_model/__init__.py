@@ -8,7 +8,11 @@ so acceleration quality numbers on it mean something (random weights would not).
 
 >>> from vdit_accel.tiny_model import load_default_pipeline, DEFAULT_GENERATION_KWARGS, EXAMPLE_PROMPTS
 >>> pipe = load_default_pipeline()
->>> frames = pipe(EXAMPLE_PROMPTS[0], **DEFAULT_GENERATION_KWARGS, output_type="pt").frames  # [1, 17, 3, 64, 64]
+>>> frames = pipe(EXAMPLE_PROMPTS[0], output_type="pt").frames  # [1, 17, 3, 64, 64]: the trained size by default
+
+:func:`load_default_pipeline` returns a :class:`~vdit_accel.tiny_model.pipeline.TinyShapesWanPipeline`, a
+``WanPipeline`` whose call defaults are :data:`DEFAULT_GENERATION_KWARGS` and which rejects sizes the model cannot
+run (its RoPE table has 64 positions per axis: at most 512 px a side) with an error naming the limit.
 
 Training code (:mod:`.train`) is not imported here; re-train with
 ``python -m vdit_accel.tiny_model.train --out vdit_accel/assets/tiny-shapes-t2v --seed 0``.
@@ -56,7 +60,9 @@ EXAMPLE_PROMPTS: list[str] = [
 
 def load_default_pipeline(torch_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                           model_dir: str | os.PathLike | None = None):
-    """Load the bundled tiny text-to-video ``WanPipeline`` offline (nothing is downloaded).
+    """Load the bundled tiny text-to-video ``WanPipeline`` offline (nothing is downloaded), as a
+    :class:`~vdit_accel.tiny_model.pipeline.TinyShapesWanPipeline`: called without sizes it generates at the trained
+    size (:data:`DEFAULT_GENERATION_KWARGS`), and a size it cannot run raises a ``ValueError`` naming the limit.
 
     Args:
         torch_dtype (`torch.dtype`, defaults to `torch.float32`): dtype of all components. fp32 is what it was
@@ -68,7 +74,7 @@ def load_default_pipeline(torch_dtype: torch.dtype = torch.float32, device: str 
     Raises:
         FileNotFoundError: the weights folder is missing, with the command that re-creates it.
     """
-    from diffusers import WanPipeline
+    from .pipeline import TinyShapesWanPipeline
 
     path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     if not (path / "model_index.json").is_file():
@@ -78,5 +84,5 @@ def load_default_pipeline(torch_dtype: torch.dtype = torch.float32, device: str 
             "or reinstall vdit-accel (the weights ship as package data under vdit_accel/assets/)."
         )
     # diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name still works, with a deprecation warning).
-    pipe = WanPipeline.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
+    pipe = TinyShapesWanPipeline.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
     return pipe.to(device)
