@@ -85,15 +85,6 @@ from .emulation import emulate_rank_selection, sharded_selector
 from .setup import enable_parallelism, resolve_cp_plan
 
 
-def __getattr__(name: str):
-    # Earlier names of what now lives in the CogVideoX adapter (its `cp_plan` and `cp_processor`).
-    if name in ("COGVIDEOX_CP_PLAN", "CogVideoXContextParallelAttnProcessor"):
-        from ..adapters import cogvideox
-
-        return cogvideox.CP_PLAN if name == "COGVIDEOX_CP_PLAN" else cogvideox.CogVideoXContextParallelAttnProcessor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "CHECK_HOOK", "ContextParallelCheckHook", "PARALLEL_HELP", "emulate_rank_selection", "enable_parallelism",
     "init_distributed", "install_cpu_lse_backend", "is_main_process", "lse_forward_op", "make_cp_attention_fn",

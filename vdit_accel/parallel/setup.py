@@ -50,11 +50,9 @@ def replicated_text_keys(adapter) -> str | None:
 
 
 def _attention_modules(transformer):
-    from diffusers.models.attention import AttentionModuleMixin
-    from diffusers.models.attention_processor import Attention, MochiAttention
-
-    return [(n, m) for n, m in transformer.named_modules() if isinstance(m, (Attention, MochiAttention,
-                                                                             AttentionModuleMixin))]
+    """Every attention module (anything with a ``processor``: diffusers' ``Attention``, ``AttentionModuleMixin`` and
+    plain modules like Mochi's), for a transformer without an adapter."""
+    return [(n, m) for n, m in transformer.named_modules() if getattr(m, "processor", None) is not None]
 
 
 def install_cp_processor(transformer) -> None:
