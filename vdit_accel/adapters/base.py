@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..kernels import gather_rows
+from .joint import attend_joint
 from .sizes import SizeRules, size_rules_from_pipe
 
 if TYPE_CHECKING:  # annotations only: `runtime` imports the cost model, which imports this module
@@ -213,8 +214,6 @@ class QuerySparseAttnProcessor(QuerySparseProcessorBase):
         if self.joint is None:
             video_out, text_out = self.attend(sel, *video), None
         else:
-            from .joint import attend_joint
-
             video_out, text_out = attend_joint(self, sel, video, text, self.text_mask(attention_mask, text),
                                                text_first=self.joint == "text_first",
                                                zero_padded_text=self.zero_padded_text)

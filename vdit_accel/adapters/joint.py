@@ -9,9 +9,13 @@ text token can never change a video token.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import torch
 
-from ..runtime import Selection
+if TYPE_CHECKING:  # annotations only: `runtime` imports the cost model, which imports the adapters
+    from ..runtime import Selection
 
 
 @torch.compiler.disable
@@ -56,8 +60,8 @@ def attend_joint(processor, sel: Selection, video_qkv, text_qkv, text_mask: torc
     text_out = tq.new_zeros(tq.shape)
     lse = torch.zeros(batch, sel.num_selected, device=vq.device, dtype=torch.float32)
     for rows, cols in groups:
-        sub = Selection(num_video=sel.num_video, index=None if sel.index is None else sel.index[rows],
-                        text_len=int(cols.numel()), block_name=sel.block_name)
+        sub = dataclasses.replace(sel, index=None if sel.index is None else sel.index[rows],
+                                  text_len=int(cols.numel()), lse=None)
         q_text = tq[rows][:, cols] if zero_padded_text else tq[rows]
         v_out, t_out = _attend(processor, sub, vq[rows], vk[rows], vv[rows], q_text, tk[rows][:, cols],
                                tv[rows][:, cols], text_first)
