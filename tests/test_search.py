@@ -256,7 +256,7 @@ def test_schedule_file_loads_and_checks_the_run(tmp_path, pipe):
         pipe.disable_acceleration()
     with pytest.raises(ValueError, match="searched for height=32"):
         sched.check_matches(model="tiny-wan", height=64)
-    from vdit_accel.search.shipped import check_schedule_for_pipe
+    from vdit_accel.shipped import check_schedule_for_pipe
 
     check_schedule_for_pipe(sched, pipe, grid=(3, 2, 2))  # in-memory pipeline: no recorded identity to compare
     with pytest.raises(ValueError, match=r"searched for grid=\[3, 2, 2\] but this run uses grid=\[5, 8, 8\]"):
@@ -318,8 +318,7 @@ def test_empty_prompt_file_is_refused(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------- shipped schedules
 def test_shipped_schedule_is_the_default_for_the_bundled_model(tmp_path, monkeypatch, pipe):
-    import vdit_accel.search.shipped as shipped
-    import vdit_accel.tiny_model as tiny_model
+    import vdit_accel.shipped as shipped
     from diffusers import WanPipeline
 
     model_dir = tmp_path / "tiny-shapes-t2v"
@@ -329,7 +328,7 @@ def test_shipped_schedule_is_the_default_for_the_bundled_model(tmp_path, monkeyp
     searched = [1.0, 0.9, 0.6, 0.4, 0.3, 0.5]
     BudgetSchedule(budgets=searched, metadata=dict(model=shipped.BUNDLED_MODEL_ID, steps=6)).save(
         sched_dir / "tiny-shapes-t2v.json")
-    monkeypatch.setattr(tiny_model, "DEFAULT_MODEL_DIR", model_dir)
+    monkeypatch.setattr(shipped, "BUNDLED_MODEL_DIR", model_dir)
     monkeypatch.setattr(shipped, "SCHEDULES_DIR", sched_dir)
     loaded = WanPipeline.from_pretrained(str(model_dir))
     assert shipped.pipeline_identity(loaded) == shipped.BUNDLED_MODEL_ID
@@ -354,9 +353,11 @@ def test_shipped_schedule_is_the_default_for_the_bundled_model(tmp_path, monkeyp
 
 
 def test_shipped_schedule_file_is_valid():
-    from vdit_accel.search.shipped import BUNDLED_MODEL_ID, SCHEDULES_DIR, SHIPPED_FILES
+    from vdit_accel.shipped import BUNDLED_MODEL_DIR, BUNDLED_MODEL_ID, SCHEDULES_DIR, SHIPPED_FILES
+    from vdit_accel.tiny_model import DEFAULT_MODEL_DIR
     from vdit_accel.tiny_model import DEFAULT_GENERATION_KWARGS
 
+    assert BUNDLED_MODEL_DIR.resolve() == DEFAULT_MODEL_DIR.resolve()  # the core finds the bundled model itself
     path = SCHEDULES_DIR / SHIPPED_FILES[BUNDLED_MODEL_ID]
     if not path.exists():
         pytest.skip(f"no shipped schedule at {path} yet (written by the search on the bundled model)")

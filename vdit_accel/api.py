@@ -10,60 +10,74 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry
 
 from .adapters import ModelAdapter, get_adapter
 from .config import AccelerationConfig, TokenSelectionConfig
-from .methods.token_selection import apply_token_selection, remove_token_selection
+from .methods import registered_methods
 from .runtime import STEP_TRACKER_HOOK, AccelRuntime, StepTrackerHook, scheduler_step_resolver
-from .runtime.handle import HANDLE_ATTR as _HANDLE_ATTR
-from .runtime.handle import transformers_of as _transformers_of
+from .runtime.handle import HANDLE_ATTR, get_handle, transformers_of
 from .schedule import BudgetSchedule
-
+from .shipped import ShippedSchedule, check_schedule_for_pipe, shipped_schedule_for
 
 
 @dataclass
 class AccelerationHandle:
-    """What :func:`enable_acceleration` installed on one transformer, so it can be removed exactly."""
+    """What :func:`enable_acceleration` installed on one transformer, so it can be removed exactly.
+
+    ``removers`` holds one zero-argument callable per applied method (from the method registry), called in reverse
+    order by :meth:`remove`.
+    """
 
     transformer: torch.nn.Module
     adapter: ModelAdapter
     config: AccelerationConfig
     schedule: BudgetSchedule
     runtime: AccelRuntime
-    processors: dict[str, Any] = field(default_factory=dict)
-    extra_removers: list = field(default_factory=list)
+    removers: list[Callable[[], None]] = field(default_factory=list)
+
+    def replace_original_processor(self, name: str, processor) -> None:
+        """Make ``processor`` what :meth:`remove` restores on the attention module ``name`` (used by the parallel
+        code, which swaps in a dispatching processor under an accelerated one)."""
+        for swap in self.runtime.processor_swaps:
+            if name in swap.entries:
+                module, _, installed = swap.entries[name]
+                swap.entries[name] = (module, processor, installed)
 
     def remove(self) -> None:
-        for fn in reversed(self.extra_removers):
-            fn()
-        if self.config.token_selection is not None:
-            remove_token_selection(self.transformer, self.adapter, self.processors)
+        while self.removers:
+            self.removers.pop()()
         registry = getattr(self.transformer, "_diffusers_hook", None)
         if registry is not None:
-            registry.remove_hook(STEP_TRACKER_HOOK, recurse=False)
+            if registry.get_hook(STEP_TRACKER_HOOK) is not None:
+                registry.remove_hook(STEP_TRACKER_HOOK, recurse=False)
             registry.invalidate_child_registries_cache()
-        delattr(self.transformer, _HANDLE_ATTR)
+        if get_handle(self.transformer) is self:
+            delattr(self.transformer, HANDLE_ATTR)
 
 
 def build_config(config: AccelerationConfig | None = None, *, speedup: float | None = None,
                  schedule: BudgetSchedule | list | str | None = None, reuse: Any = None,
-                 token_selection: TokenSelectionConfig | None | str = "default") -> AccelerationConfig:
+                 token_selection: TokenSelectionConfig | None | str = "default",
+                 check_schedule: bool | None = None) -> AccelerationConfig:
     """Merge the keyword shortcuts of :func:`enable_acceleration` into one validated :class:`AccelerationConfig`."""
     if config is not None:
         if not isinstance(config, AccelerationConfig):
             raise TypeError(f"`config` must be a vdit_accel.AccelerationConfig, got {type(config).__name__}. "
                             f"Use keyword arguments (speedup=..., schedule=...) or AccelerationConfig(...).")
-        if speedup is not None or schedule is not None or reuse is not None or token_selection != "default":
+        if (speedup is not None or schedule is not None or reuse is not None or token_selection != "default"
+                or check_schedule is not None):
             raise ValueError("Pass either `config` or the keyword shortcuts (speedup, schedule, reuse, "
-                             "token_selection), not both.")
+                             "token_selection, check_schedule), not both.")
         return config
     kwargs: dict[str, Any] = dict(speedup=speedup, schedule=schedule, reuse=reuse)
     if token_selection != "default":
         kwargs["token_selection"] = token_selection
+    if check_schedule is not None:
+        kwargs["check_schedule"] = check_schedule
     return AccelerationConfig(**kwargs)
 
 
@@ -71,11 +85,20 @@ def accelerate_transformer(transformer: torch.nn.Module, config: AccelerationCon
                            step_resolver=None) -> AccelerationHandle:
     """Install acceleration on one transformer (checks first; nothing is changed when a check fails).
 
-    ``step_resolver`` maps a call's timestep to ``(step, num_steps)``; without one, drive the step yourself with
-    :func:`set_step` (useful for benchmarks that call the transformer directly).
+    The step tracker goes on first, then every registered method (:func:`vdit_accel.methods.registered_methods`)
+    whose :class:`AccelerationConfig` field is not ``None``, in registration order. If a method fails to install,
+    what was installed is removed again before the error propagates.
+
+    Args:
+        transformer (`torch.nn.Module`): a supported transformer (not a ``torch.compile`` wrapper).
+        config (`AccelerationConfig`): the validated configuration.
+        schedule (`BudgetSchedule`): the budget schedule.
+        step_resolver (*optional*): maps a call's timestep to ``(step, num_steps)``; without one, drive the step
+            yourself with :func:`set_step` (useful for benchmarks that call the transformer directly).
     """
+    _check_not_compiled(transformer, "transformer")
     adapter = get_adapter(transformer)
-    if hasattr(transformer, _HANDLE_ATTR):
+    if get_handle(transformer) is not None:
         raise RuntimeError("Acceleration is already enabled on this transformer. Call `disable_acceleration()` "
                            "first to change the configuration.")
     cache_config = getattr(transformer, "_cache_config", None)
@@ -88,29 +111,40 @@ def accelerate_transformer(transformer: torch.nn.Module, config: AccelerationCon
     runtime = AccelRuntime(step_resolver=step_resolver)
     handle = AccelerationHandle(transformer, adapter, config, schedule, runtime)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(StepTrackerHook(runtime, schedule, adapter), STEP_TRACKER_HOOK)
-    if config.token_selection is not None:
-        handle.processors = apply_token_selection(transformer, adapter, runtime, config.token_selection)
-    if config.reuse is not None:
-        from .methods.score_reuse import apply_score_reuse  # issue 5; imported lazily
-
-        handle.extra_removers.append(apply_score_reuse(transformer, adapter, runtime, config.reuse))
+    registry.register_hook(StepTrackerHook(runtime, schedule, adapter, check_schedule=config.check_schedule),
+                           STEP_TRACKER_HOOK)
+    try:
+        for method in registered_methods():
+            method_config = getattr(config, method.name, None)
+            if method_config is not None:
+                handle.removers.append(method.apply(transformer, adapter, runtime, method_config))
+    except BaseException:
+        handle.remove()  # nothing half-applied
+        raise
     registry.invalidate_child_registries_cache()
-    setattr(transformer, _HANDLE_ATTR, handle)
+    setattr(transformer, HANDLE_ATTR, handle)
     return handle
 
 
+def _check_not_compiled(module, where: str) -> None:
+    if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
+        raise TypeError(
+            f"pipe.{where} is a torch.compile wrapper ({type(module).__name__}); vdit-accel installs hooks on the "
+            f"model itself. Enable acceleration on the uncompiled pipeline first, then compile in place with "
+            f"`pipe.{where}.compile()` (not `pipe.{where} = torch.compile(pipe.{where})`). To undo the wrapper: "
+            f"`pipe.{where} = pipe.{where}._orig_mod`."
+        )
+
+
 def _default_schedule(pipe) -> BudgetSchedule:
-    try:
-        from .search.shipped import shipped_schedule_for  # searched schedules shipped with the package
-    except ImportError:
-        return BudgetSchedule.default()
+    """The searched schedule shipped for the pipeline's model (:mod:`vdit_accel.shipped`), else the default rule."""
     return shipped_schedule_for(pipe) or BudgetSchedule.default()
 
 
 def enable_acceleration(pipe, config: AccelerationConfig | None = None, *, speedup: float | None = None,
                         schedule: BudgetSchedule | list | str | None = None, reuse: Any = None,
-                        token_selection: TokenSelectionConfig | None | str = "default"):
+                        token_selection: TokenSelectionConfig | None | str = "default",
+                        check_schedule: bool | None = None):
     """Accelerate a diffusers video pipeline in place; returns the pipeline.
 
     Args:
@@ -121,24 +155,33 @@ def enable_acceleration(pipe, config: AccelerationConfig | None = None, *, speed
         schedule (*optional*): a :class:`BudgetSchedule`, a list with one budget per step, or a JSON path.
         reuse (*optional*): channel-level attention-score reuse (TimeRipple) settings.
         token_selection (*optional*): a :class:`TokenSelectionConfig`, or ``None`` to turn token selection off.
+        check_schedule (`bool`, *optional*, defaults to True): check a schedule file's metadata against the run (its
+            model now, its latent grid and step count at the first call of each setting); ``False`` applies it
+            anyway.
 
-    Every check runs before anything is installed: an unsupported pipeline, a bad budget, a corrupt schedule file,
-    acceleration already enabled, or a diffusers cache already enabled raise and leave the pipeline unchanged.
+    Every check runs before anything is installed: an unsupported pipeline, a ``torch.compile`` wrapper as the
+    transformer, a bad budget, a corrupt schedule file, a schedule made for another model, acceleration already
+    enabled, or a diffusers cache already enabled raise and leave the pipeline unchanged.
+
+    At every transformer call, an attention processor replaced since enabling (``set_attn_processor``,
+    ``fuse_qkv_projections``) raises :class:`~vdit_accel.runtime.processors.ProcessorReplacedError` rather than
+    running silently without acceleration; :func:`disable_acceleration` keeps such a processor.
 
     Example:
         >>> pipe.enable_acceleration()                        # doctest: +SKIP
         >>> pipe.enable_acceleration(speedup=2.5)             # doctest: +SKIP
         >>> pipe.enable_acceleration(schedule="search.json")  # doctest: +SKIP
     """
-    transformers = _transformers_of(pipe)
+    transformers = transformers_of(pipe)
     if not transformers:
         raise ValueError(f"{type(pipe).__name__} has no `transformer` component; vdit-accel accelerates video "
                          f"diffusion transformer pipelines.")
-    cfg = build_config(config, speedup=speedup, schedule=schedule, reuse=reuse, token_selection=token_selection)
-    sched = cfg.schedule if cfg.schedule is not None else _default_schedule(pipe)
+    cfg = build_config(config, speedup=speedup, schedule=schedule, reuse=reuse, token_selection=token_selection,
+                       check_schedule=check_schedule)
     for name, tr in transformers:  # validate everything before touching anything
+        _check_not_compiled(tr, name)
         get_adapter(tr)
-        if hasattr(tr, _HANDLE_ATTR):
+        if get_handle(tr) is not None:
             raise RuntimeError("Acceleration is already enabled on this pipeline. Call `pipe.disable_acceleration()` "
                                "first to change the configuration.")
         if getattr(tr, "_cache_config", None) is not None:
@@ -147,30 +190,42 @@ def enable_acceleration(pipe, config: AccelerationConfig | None = None, *, speed
                 f"built-in caches both skip work on the same blocks and do not compose. Call "
                 f"`pipe.{name}.disable_cache()` first."
             )
+    sched = cfg.schedule if cfg.schedule is not None else _default_schedule(pipe)
+    if cfg.check_schedule and not isinstance(sched, ShippedSchedule):
+        try:
+            check_schedule_for_pipe(sched, pipe)
+        except ValueError as e:
+            raise ValueError(f"{e} To skip this check, pass `check_schedule=False`.") from None
     resolver = scheduler_step_resolver(pipe)
-    for _, tr in transformers:
-        accelerate_transformer(tr, cfg, sched, step_resolver=resolver)
+    done = []
+    try:
+        for _, tr in transformers:
+            done.append(accelerate_transformer(tr, cfg, sched, step_resolver=resolver))
+    except BaseException:
+        for handle in reversed(done):
+            handle.remove()
+        raise
     return pipe
 
 
 def disable_acceleration(pipe) -> Any:
     """Remove everything :func:`enable_acceleration` installed; output is bit-identical to never accelerating."""
-    for _, tr in _transformers_of(pipe):
-        handle = getattr(tr, _HANDLE_ATTR, None)
+    for _, tr in transformers_of(pipe):
+        handle = get_handle(tr)
         if handle is not None:
             handle.remove()
     return pipe
 
 
 def is_accelerated(pipe_or_transformer) -> bool:
-    modules = [m for _, m in _transformers_of(pipe_or_transformer)] or [pipe_or_transformer]
-    return any(hasattr(m, _HANDLE_ATTR) for m in modules)
+    modules = [m for _, m in transformers_of(pipe_or_transformer)] or [pipe_or_transformer]
+    return any(get_handle(m) is not None for m in modules)
 
 
 def get_runtime(pipe_or_transformer, name: str = "transformer") -> AccelRuntime:
     """The runtime (step, budgets, per-step token counts) of an accelerated pipeline or transformer."""
     module = getattr(pipe_or_transformer, name, pipe_or_transformer)
-    handle = getattr(module, _HANDLE_ATTR, None)
+    handle = get_handle(module)
     if handle is None:
         raise ValueError("Acceleration is not enabled; call `pipe.enable_acceleration()` first.")
     return handle.runtime

@@ -104,6 +104,8 @@ class AccelRuntime:
     qk_transforms: list[Callable] = field(default_factory=list)
     attention_fn: Callable = query_sparse_attention
     extras: dict[str, Any] = field(default_factory=dict)
+    # processors installed by the methods (runtime/processors.py); the step tracker checks them at every call
+    processor_swaps: list = field(default_factory=list)
 
     @property
     def budget(self) -> float:
@@ -121,6 +123,7 @@ class AccelRuntime:
             setattr(rec, kind, getattr(rec, kind) + int(n))
 
     def reset_records(self) -> None:
+        """Start the statistics of a new pipeline call: records describe the last call only."""
         self.records.clear()
         self.masks = defaultdict(dict)
 

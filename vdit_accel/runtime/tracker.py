@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+import sys
+import weakref
+from typing import Any
 
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..cost import block_flops
 from ..schedule import BudgetSchedule
+from ..shipped import check_schedule_for_run
+from .handle import TRANSFORMER_COMPONENTS
 from .runtime import AccelRuntime, StepRecord
 
 STEP_TRACKER_HOOK = "vdit_accel_step_tracker"
@@ -36,37 +41,100 @@ class _NoState(BaseState):
         pass
 
 
-def scheduler_step_resolver(pipe) -> Callable[[Any], tuple[int, int]]:
-    """Map a transformer call's ``timestep`` to ``(step_index, num_steps)`` through ``pipe.scheduler.timesteps``.
+class SchedulerStepResolver:
+    """Maps a transformer call's ``timestep`` to ``(step_index, num_steps)`` through the running pipeline's
+    ``scheduler.timesteps``.
 
-    This works for every pipeline, whatever it passes in ``cache_context``: the timestep the transformer receives
-    is one of the scheduler's timesteps (per-token timesteps, as in Wan 2.2 TI2V, are reduced with ``max``).
+    *Which scheduler.* The transformer may be shared by several pipelines: ``WanPipeline(**pipe.components,
+    scheduler=other)`` is the usual way to swap schedulers, and the new pipeline never saw ``enable_acceleration``.
+    So the scheduler is not fixed at enable time: at every call the resolver walks up the Python call stack to the
+    innermost frame whose ``self`` is a :class:`~diffusers.DiffusionPipeline` holding this transformer (as
+    ``transformer`` or ``transformer_2``) and uses *that* pipeline's scheduler. This needs nothing from the pipeline
+    (no wrapper around ``__call__``, no diffusers internals) and works for pipelines built after enabling. When no
+    pipeline is on the stack (the transformer is called directly), the pipeline ``enable_acceleration`` was called
+    on is used. The walk is a few dozen frame look-ups per transformer call, negligible next to a block.
+
+    *Which call.* ``set_timesteps`` gives the scheduler a new ``timesteps`` tensor at the start of every pipeline
+    call; that tensor object marks the call, so statistics can start afresh even on one-step runs (where the step
+    index never goes down).
+
+    The timestep the transformer receives is one of the scheduler's timesteps (per-token timesteps, as in Wan 2.2
+    TI2V, are reduced with ``max``).
+
+    Args:
+        pipe: the pipeline acceleration was enabled on (the fallback; held weakly).
     """
 
-    def resolve(timestep) -> tuple[int, int]:
-        ts = pipe.scheduler.timesteps
+    def __init__(self, pipe):
+        self._pipe = weakref.ref(pipe)
+
+    def running_pipeline(self, transformer: torch.nn.Module | None):
+        """The innermost pipeline on the call stack that holds ``transformer``, else the enable-time pipeline."""
+        if transformer is not None:
+            frame = sys._getframe(1)
+            while frame is not None:
+                obj = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+                if isinstance(obj, DiffusionPipeline) and any(
+                        getattr(obj, name, None) is transformer for name in TRANSFORMER_COMPONENTS):
+                    return obj
+                frame = frame.f_back
+        pipe = self._pipe()
+        if pipe is None:
+            raise RuntimeError("The pipeline acceleration was enabled on no longer exists, and no pipeline holding "
+                               "this transformer is running; call the transformer from a pipeline.")
+        return pipe
+
+    @torch.compiler.disable
+    def resolve_call(self, timestep, transformer: torch.nn.Module | None = None) -> tuple[int, int, Any]:
+        """``(step_index, num_steps, call marker)`` of one transformer call."""
+        ts = self.running_pipeline(transformer).scheduler.timesteps
         if ts is None or len(ts) == 0:
             raise RuntimeError("The pipeline's scheduler has no timesteps; call the pipeline, not the transformer.")
         t = float(timestep.float().max()) if torch.is_tensor(timestep) else float(timestep)
         idx = int((ts.float().cpu() - t).abs().argmin())
-        return idx, len(ts)
+        return idx, len(ts), ts
 
-    return resolve
+    def __call__(self, timestep, transformer: torch.nn.Module | None = None) -> tuple[int, int]:
+        step, num_steps, _ = self.resolve_call(timestep, transformer)
+        return step, num_steps
+
+
+def scheduler_step_resolver(pipe) -> SchedulerStepResolver:
+    """The step resolver :func:`vdit_accel.enable_acceleration` installs (see :class:`SchedulerStepResolver`)."""
+    return SchedulerStepResolver(pipe)
 
 
 class StepTrackerHook(ModelHook):
-    """Finds the step and the CFG branch of each transformer call, resolves the budget schedule on the first call of
-    a run, and opens a :class:`StepRecord` for the statistics."""
+    """Finds the step and the CFG branch of each transformer call, resolves the budget schedule, and opens a
+    :class:`StepRecord` for the statistics.
+
+    Budgets are resolved again whenever anything they depend on changes: the step count, the latent grid (resolution,
+    frames) or the text length (a ``speedup=`` schedule depends on the token counts through the FLOP model). Each new
+    setting is also checked against the schedule file's metadata (:func:`vdit_accel.shipped.check_schedule_for_run`)
+    unless ``check_schedule`` is False. Records describe the last pipeline call only.
+
+    Args:
+        runtime (`AccelRuntime`): the transformer's runtime.
+        schedule (`BudgetSchedule`): the budget schedule.
+        adapter: the family's adapter.
+        check_schedule (`bool`, defaults to True): check the schedule's recorded grid and steps at the first call
+            of each new setting.
+    """
 
     _is_stateful = True
 
-    def __init__(self, runtime: AccelRuntime, schedule: BudgetSchedule, adapter):
+    def __init__(self, runtime: AccelRuntime, schedule: BudgetSchedule, adapter, check_schedule: bool = True):
         super().__init__()
         self.runtime = runtime
         self.schedule = schedule
         self.adapter = adapter
+        self.check_schedule = check_schedule
         self.state_manager = ContextStateManager(_NoState)
         self._timestep_pos: int | None = None
+        self._budget_key = None  # (num_steps, grid, text tokens) the budgets were resolved for
+        self._call_marker = None  # the running scheduler's timesteps tensor: one per pipeline call
+        self._last_step = -1
+        self._seen: set = set()  # (step, context) of the current call, when there is no marker
 
     def initialize_hook(self, module):
         params = list(inspect.signature(module.forward).parameters)
@@ -88,25 +156,45 @@ class StepTrackerHook(ModelHook):
                 f"`pipe.transformer.disable_cache()` (or `pipe.disable_acceleration()`) first."
             )
         rt = self.runtime
+        for swap in rt.processor_swaps:
+            swap.check()
         resolver = rt.step_resolver
-        if resolver is not None:
-            step, num_steps = resolver(self.adapter.step_timestep(self._timestep(args, kwargs)))
-        else:
+        marker = None
+        if resolver is None:
             step, num_steps = rt.step, rt.num_steps or (len(rt.budgets) if rt.budgets else 1)
+        else:
+            timestep = self.adapter.step_timestep(self._timestep(args, kwargs))
+            resolve_call = getattr(resolver, "resolve_call", None)
+            if resolve_call is not None:
+                step, num_steps, marker = resolve_call(timestep, module)
+            else:
+                step, num_steps = resolver(timestep)
         rt.grid = self.adapter.grid(module, args, kwargs)
-        if rt.budgets is None or rt.num_steps != num_steps:
-            rt.budgets = self.schedule.resolve(num_steps, self._dense_fraction(module, kwargs))
-        if step < rt.step:  # a new pipeline call started
+        text = kwargs.get("encoder_hidden_states")
+        n_text = text.shape[1] if torch.is_tensor(text) else 0
+        key = (num_steps, tuple(rt.grid) if rt.grid is not None else None, n_text)
+        if rt.budgets is None or key != self._budget_key:
+            if self.check_schedule:
+                check_schedule_for_run(self.schedule, grid=rt.grid, num_steps=num_steps)
+            rt.budgets = self.schedule.resolve(num_steps, self._dense_fraction(module, n_text))
+            self._budget_key = key
+        context = self.state_manager.context_name
+        if marker is not None:
+            new_call = marker is not self._call_marker
+        else:  # no call marker: a step going back, or a (step, branch) seen twice, starts a new call
+            new_call = step < self._last_step or (step, context) in self._seen
+        if new_call:
             rt.reset_records()
+            self._seen.clear()
+        self._call_marker, self._last_step = marker, step
+        self._seen.add((step, context))
         rt.step, rt.num_steps = step, num_steps
-        rt.context = self.state_manager.context_name
+        rt.context = context
         rt.records.append(StepRecord(step=step, context=rt.context, budget=rt.budget, batch=0))
         return args, kwargs
 
-    def _dense_fraction(self, module, kwargs) -> float:
+    def _dense_fraction(self, module, n_text: int) -> float:
         f, h, w = self.runtime.grid
-        text = kwargs.get("encoder_hidden_states")
-        n_text = text.shape[1] if torch.is_tensor(text) else 0
         return block_flops(module, f * h * w, n_text).dense_fraction
 
     def reset_state(self, module):

@@ -6,12 +6,12 @@
   dense references computed once, shared budget prefixes computed once, optional worker processes.
 * :mod:`.engine`      the genetic algorithm (repair, uniform + block crossover, decaying mutation) and NSGA-II.
 * :mod:`.checkpoint`  a checkpoint per generation, ``--resume``.
-* :mod:`.shipped`     searched schedules shipped for the bundled model, used by ``enable_acceleration()``.
+* :mod:`vdit_accel.shipped` (in the core) holds the searched schedules shipped for the bundled model.
 * :mod:`.command`     the CLI.
 
 Nothing here imports DEAP at import time; only :func:`.engine.run_search` does.
 """
 
-from .shipped import pipeline_identity, shipped_schedule_for
+from ..shipped import pipeline_identity, shipped_schedule_for
 
 __all__ = ["pipeline_identity", "shipped_schedule_for"]

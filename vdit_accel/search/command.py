@@ -201,7 +201,7 @@ def run(args) -> int:
     # ---------------------------------------------------------------- model, references, cost model
     from ..loading import load_pipeline
     from .evaluate import Evaluator, LoadSpec, ParallelEvaluator, references_hash, supports_prefix_sharing
-    from .shipped import pipeline_identity
+    from ..shipped import pipeline_identity
 
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, getattr(torch, args.dtype), args.device)
