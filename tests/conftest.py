@@ -3,12 +3,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread, here and in every process the tests start (search workers, kill-and-resume, parallel ranks):
+# tests compare results bit for bit across processes, which holds only with the same thread count everywhere. Set
+# before torch is imported, and pinned again below in case a plugin imported torch first.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import vdit_accel  # noqa: E402,F401  (registers DiffusionPipeline.enable_acceleration)
 from vdit_accel import testing  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

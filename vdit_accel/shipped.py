@@ -84,7 +84,8 @@ def check_schedule_for_pipe(schedule: BudgetSchedule, pipe=None, grid=None) -> N
 def check_schedule_for_run(schedule: BudgetSchedule, grid: Sequence[int] | None = None,
                            num_steps: int | None = None) -> None:
     """Raise a clear ``ValueError`` when a schedule file was made for another latent grid (resolution, frames) or
-    step count than this call's. The shipped default (:class:`ShippedSchedule`) adapts to both and is not checked.
+    step count than this call's. The shipped default (:class:`ShippedSchedule`) adapts to both and is not checked;
+    the step count of explicit budgets is checked by :meth:`BudgetSchedule.resolve` (its message says more).
 
     Args:
         schedule (`BudgetSchedule`): the schedule in use; its ``metadata`` says what it was made for.
@@ -96,7 +97,7 @@ def check_schedule_for_run(schedule: BudgetSchedule, grid: Sequence[int] | None 
     run: dict[str, Any] = {}
     if grid is not None:
         run["grid"] = [int(g) for g in grid]
-    if num_steps is not None:
+    if num_steps is not None and schedule.budgets is None:  # explicit budgets: resolve() names the step mismatch
         run["steps"] = int(num_steps)
     try:
         schedule.check_matches(**run)

@@ -173,11 +173,13 @@ class StepTrackerHook(ModelHook):
         text = kwargs.get("encoder_hidden_states")
         n_text = text.shape[1] if torch.is_tensor(text) else 0
         key = (num_steps, tuple(rt.grid) if rt.grid is not None else None, n_text)
-        if rt.budgets is None or key != self._budget_key:
+        # budgets set on the runtime by hand before the first call (the search's prefix sharing) are kept until the
+        # setting changes
+        if rt.budgets is None or (self._budget_key is not None and key != self._budget_key):
             if self.check_schedule:
                 check_schedule_for_run(self.schedule, grid=rt.grid, num_steps=num_steps)
             rt.budgets = self.schedule.resolve(num_steps, self._dense_fraction(module, n_text))
-            self._budget_key = key
+        self._budget_key = key
         context = self.state_manager.context_name
         if marker is not None:
             new_call = marker is not self._call_marker
