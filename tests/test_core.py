@@ -9,6 +9,7 @@ from diffusers.hooks import HookRegistry
 
 import vdit_accel
 from vdit_accel import AccelerationConfig, BudgetSchedule, TokenSelectionConfig
+from vdit_accel.runtime.handle import get_handle
 
 from .conftest import hook_names, processors, run_pipe
 
@@ -225,7 +226,7 @@ def test_unsupported_pipeline_lists_supported():
     with pytest.raises(ValueError, match="does not support DiTTransformer2DModel. Supported transformers: .*"
                                          "CogVideoXTransformer3DModel.*WanTransformer3DModel"):
         pipe.enable_acceleration()
-    assert not hasattr(transformer, "_vdit_accel")
+    assert get_handle(transformer) is None
 
 
 # ------------------------------------------------------------------------------------------------------ schedules

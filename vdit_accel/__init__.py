@@ -15,6 +15,7 @@ from .adapters import supported_transformers
 from .api import disable_acceleration, enable_acceleration, get_runtime, is_accelerated, set_step, summary
 from .config import AccelerationConfig, TokenSelectionConfig
 from .methods.score_reuse import ReuseConfig, reuse_summary
+from .runtime.processors import ProcessorReplacedError
 from .schedule import BudgetSchedule
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ _register_pipeline_methods()
 __all__ = [
     "AccelerationConfig",
     "BudgetSchedule",
+    "ProcessorReplacedError",
     "ReuseConfig",
     "TokenSelectionConfig",
     "disable_acceleration",
