@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,6 +40,12 @@ class AccelerationHandle:
     runtime: AccelRuntime
     removers: list[Callable[[], None]] = field(default_factory=list)
 
+    @property
+    def processors(self) -> "_OriginalProcessors":
+        """``{attention module name: processor restored on removal}``; assigning an entry is
+        :meth:`replace_original_processor`."""
+        return _OriginalProcessors(self)
+
     def replace_original_processor(self, name: str, processor) -> None:
         """Make ``processor`` what :meth:`remove` restores on the attention module ``name`` (used by the parallel
         code, which swaps in a dispatching processor under an accelerated one)."""
@@ -57,6 +64,34 @@ class AccelerationHandle:
             registry.invalidate_child_registries_cache()
         if get_handle(self.transformer) is self:
             delattr(self.transformer, HANDLE_ATTR)
+
+
+class _OriginalProcessors(MutableMapping):
+    """Write-through view of the processors an :class:`AccelerationHandle` restores (its methods' ProcessorSwaps)."""
+
+    def __init__(self, handle: AccelerationHandle):
+        self._handle = handle
+
+    def _entries(self) -> dict[str, Any]:
+        return {name: original for swap in self._handle.runtime.processor_swaps
+                for name, (_, original, _) in swap.entries.items()}
+
+    def __getitem__(self, name: str):
+        return self._entries()[name]
+
+    def __setitem__(self, name: str, processor) -> None:
+        if name not in self._entries():
+            raise KeyError(name)
+        self._handle.replace_original_processor(name, processor)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("The processors restored by disable_acceleration cannot be dropped, only replaced.")
+
+    def __iter__(self):
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
 
 
 def build_config(config: AccelerationConfig | None = None, *, speedup: float | None = None,
