@@ -161,7 +161,7 @@ class EvalStats:
 def supports_prefix_sharing(pipe) -> bool:
     from diffusers import WanPipeline
 
-    return (type(pipe) is WanPipeline and getattr(pipe, "transformer_2", None) is None
+    return (isinstance(pipe, WanPipeline) and getattr(pipe, "transformer_2", None) is None
             and not pipe.config.get("expand_timesteps", False) and pipe.config.get("boundary_ratio") is None)
 
 
