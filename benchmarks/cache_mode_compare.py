@@ -18,8 +18,8 @@ import torch
 
 import vdit_accel
 from vdit_accel import AccelerationConfig, BudgetSchedule, TokenSelectionConfig
-from vdit_accel.compare import GenerationSettings, generate
-from vdit_accel.loading import load_pipeline
+from vdit_accel.commands.compare import GenerationSettings, generate
+from vdit_accel.commands.loading import load_pipeline
 from vdit_accel.quality import compare_videos
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")

@@ -132,7 +132,7 @@ def quality_methods(pipe, settings, quick: bool, log=print) -> tuple[list[Method
     failed: list[dict] = []
     # MagCache: calibrate on this model, prompt and step count first (ratios are model-dependent).
     try:
-        from vdit_accel.compare import generate
+        from vdit_accel.commands.compare import generate
 
         tr.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
         try:
@@ -194,8 +194,8 @@ def run_quality(model: str, prompts: list[str], reps: int, quick: bool, steps: i
 
 
 def _run_quality(model: str, prompts: list[str], reps: int, quick: bool, steps: int | None, log=print) -> dict:
-    from vdit_accel.compare import GenerationSettings, generate
-    from vdit_accel.loading import TINY_MODELS, load_pipeline
+    from vdit_accel.commands.compare import GenerationSettings, generate
+    from vdit_accel.commands.loading import TINY_MODELS, load_pipeline
     from vdit_accel.quality import compare_videos
 
     pipe = load_pipeline(model)
@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                                   quick=args.quick)
     if "quality" in args.parts:
         if model in (None, "", "default"):
-            from vdit_accel.loading import bundled_model_available
+            from vdit_accel.commands.loading import bundled_model_available
 
             if not bundled_model_available():
                 raise SystemExit("The bundled model is missing (vdit_accel/assets/tiny-shapes-t2v); train it, or pass "

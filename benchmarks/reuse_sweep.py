@@ -22,8 +22,8 @@ import time
 import torch
 
 import vdit_accel
-from vdit_accel.compare import GenerationSettings, generate
-from vdit_accel.loading import bundled_model_available
+from vdit_accel.commands.compare import GenerationSettings, generate
+from vdit_accel.commands.loading import bundled_model_available
 from vdit_accel.methods.score_reuse import ReuseConfig, reuse_summary
 from vdit_accel.quality import psnr, ssim
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from vdit_accel.app.heatmap import heatmap_frames, recompute_fractions
-from vdit_accel.loading import bundled_model_available
+from vdit_accel.commands.loading import bundled_model_available
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -400,7 +400,7 @@ def test_cli_generate_with_reuse_writes_report_and_plot(tmp_path):
 
 
 def test_format_reuse_labels_emulation():
-    from vdit_accel.reuse_report import format_reuse
+    from vdit_accel.commands.reports import format_reuse
 
     pipe = FAMILIES["wan"]()
     pipe.enable_acceleration(reuse=REUSE, token_selection=None)

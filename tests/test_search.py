@@ -120,7 +120,7 @@ def test_cost_model_is_monotone_and_charges_step0_dense(pipe, evaluator):
     cm = CostModel(budgets=[0.25, 0.5, 0.75, 1.0], costs=[0.4, 0.7, 0.6, 1.0])  # noisy middle point
     assert cm.costs == sorted(cm.costs) and cm.costs[1] == pytest.approx(0.65)
     assert cm.schedule_cost([0.25, 1.0]) == cm.schedule_cost([1.0, 1.0]) == 1.0
-    from vdit_accel.search.command import transformer_inputs
+    from vdit_accel.commands.search import transformer_inputs
 
     cal = calibrate(pipe.transformer, transformer_inputs(evaluator), budgets=(0.25, 1.0), rounds=1, calls_per_round=1)
     assert cal.source == "calibrated" and cal.budgets == [0.25, 1.0] and cal.costs[0] <= cal.costs[1]
@@ -131,7 +131,7 @@ def test_cost_model_is_monotone_and_charges_step0_dense(pipe, evaluator):
 
 # ----------------------------------------------------------------------------------------------- the claim
 def _bundled_or_skip():
-    from vdit_accel.loading import bundled_model_available
+    from vdit_accel.commands.loading import bundled_model_available
 
     if not bundled_model_available():
         pytest.skip("the bundled model's weights are not in vdit_accel/assets/ yet")
@@ -140,7 +140,7 @@ def _bundled_or_skip():
 
 @pytest.mark.parametrize("model", ["tiny-wan", "bundled"])
 def test_searched_schedule_beats_uniform_of_same_cost_on_heldout_prompts(pipe, tmp_path, model):
-    from vdit_accel.search.command import _flops_cost, transformer_inputs, uniform_at_cost
+    from vdit_accel.commands.search import _flops_cost, transformer_inputs, uniform_at_cost
 
     settings = SMALL
     if model == "bundled":  # trained weights at the size they were trained for (5x8x8 = 320 video tokens)

@@ -13,9 +13,9 @@ import sys
 
 COMMANDS = {
     "generate": "vdit_accel.commands.generate",
-    "search": "vdit_accel.search.command",
-    "vbench": "vdit_accel.quality.vbench_command",
-    "demo": "vdit_accel.app.command",
+    "search": "vdit_accel.commands.search",
+    "vbench": "vdit_accel.commands.vbench",
+    "demo": "vdit_accel.commands.demo",
 }
 
 

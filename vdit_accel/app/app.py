@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from ..api import disable_acceleration, enable_acceleration, get_runtime, summary
-from ..compare import Generation, GenerationSettings, generate, save_video
+from ..commands.compare import Generation, GenerationSettings, generate, save_video
 from ..config import AccelerationConfig, TokenSelectionConfig
 from ..schedule import BudgetSchedule, predicted_speedup
 from .heatmap import heatmap_frames, heatmap_summary, recompute_fractions, runtime_calls
@@ -88,7 +88,7 @@ class DemoResult:
 def default_generation_kwargs(model: str | None, pipe) -> dict[str, Any]:
     """What the page starts with: the bundled model's training settings, the tiny pipelines' settings, or the
     defaults of the pipeline's ``__call__`` for any other model."""
-    from ..loading import TINY_MODELS
+    from ..commands.loading import TINY_MODELS
 
     if model in (None, "", "default"):
         from ..tiny_model import DEFAULT_GENERATION_KWARGS
@@ -441,7 +441,7 @@ def build_app(pipe_or_model: Any = "default", model_name: str | None = None, out
         raise ImportError("The demo needs Gradio: pip install 'vdit-accel[app]'") from e
 
     if isinstance(pipe_or_model, str):
-        from ..loading import load_pipeline
+        from ..commands.loading import load_pipeline
 
         model_name = model_name or pipe_or_model
         pipe = load_pipeline(pipe_or_model)

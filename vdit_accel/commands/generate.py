@@ -68,8 +68,8 @@ def reuse_config_from_args(args):
 
 
 def settings_from_args(args, pipe):
-    from ..compare import GenerationSettings
-    from ..loading import TINY_MODELS
+    from .compare import GenerationSettings
+    from .loading import TINY_MODELS
 
     defaults: dict = {}
     if args.model in (None, "", "default"):
@@ -98,9 +98,9 @@ def run(args) -> int:
 
 
 def _run(args, parallel_setup=None) -> int:
-    from ..compare import compare, save_video
+    from .compare import compare, save_video
     from ..config import AccelerationConfig
-    from ..loading import load_pipeline
+    from .loading import load_pipeline
 
     reuse = reuse_config_from_args(args)
     extra = dict(reuse=reuse, token_selection=None) if getattr(args, "no_token_selection", False) else dict(reuse=reuse)
@@ -127,7 +127,7 @@ def _run(args, parallel_setup=None) -> int:
         report["parallel"] = parallel_setup.info
     if reuse is not None:
         from ..methods.score_reuse import reuse_summary
-        from ..reuse_report import format_reuse, plot_reuse
+        from .reports import format_reuse, plot_reuse
 
         report["reuse"] = reuse_summary(pipe)
         report["reuse"]["plot"] = plot_reuse(report["reuse"], os.path.join(args.out, "reuse.png"))

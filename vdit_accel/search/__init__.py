@@ -7,7 +7,7 @@
 * :mod:`.engine`      the genetic algorithm (repair, uniform + block crossover, decaying mutation) and NSGA-II.
 * :mod:`.checkpoint`  a checkpoint per generation, ``--resume``.
 * :mod:`vdit_accel.shipped` (in the core) holds the searched schedules shipped for the bundled model.
-* :mod:`.command`     the CLI.
+* the CLI is :mod:`vdit_accel.commands.search`.
 
 Nothing here imports DEAP at import time; only :func:`.engine.run_search` does.
 """

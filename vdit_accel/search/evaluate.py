@@ -54,7 +54,7 @@ class RunSpec:
             raise ValueError(f"`steps` must be an int >= 2 to search a schedule, got {self.num_inference_steps!r}.")
 
     def settings(self, i: int):
-        from ..compare import GenerationSettings
+        from ..commands.compare import GenerationSettings
 
         return GenerationSettings(prompt=self.prompts[i], negative_prompt=self.negative_prompt, seed=self.seeds[i],
                                   num_inference_steps=self.num_inference_steps, height=self.height, width=self.width,
@@ -386,7 +386,7 @@ def snapshot_bytes(snap: Snapshot) -> int:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class LoadSpec:
-    """How a worker process loads the pipeline (see :func:`vdit_accel.loading.load_pipeline`)."""
+    """How a worker process loads the pipeline (see :func:`vdit_accel.commands.loading.load_pipeline`)."""
 
     model: str
     dtype: str = "float32"
@@ -401,7 +401,7 @@ _WORKER: Evaluator | None = None
 def _worker_init(load: LoadSpec, spec: RunSpec, ts: TokenSelectionConfig, refs, prefix_sharing: bool) -> None:
     global _WORKER
     torch.set_num_threads(max(1, load.threads))
-    from ..loading import load_pipeline
+    from ..commands.loading import load_pipeline
 
     pipe = load_pipeline(load.model, getattr(torch, load.dtype), load.device)
     _WORKER = Evaluator(pipe, spec, ts, references=[r.to(torch.float32) for r in refs], prefix_sharing=prefix_sharing)

@@ -12,7 +12,7 @@ TINY_MODELS = ("tiny-wan", "tiny-cogvideox")
 
 def bundled_model_available() -> bool:
     try:
-        from .tiny_model import DEFAULT_MODEL_DIR
+        from ..tiny_model import DEFAULT_MODEL_DIR
     except ImportError:
         return False
     return os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "model_index.json"))
@@ -32,11 +32,11 @@ def load_pipeline(model: str | None = None, torch_dtype: torch.dtype = torch.flo
                 "The bundled model's weights are missing from vdit_accel/assets/. Re-install vdit-accel, or train "
                 "them with `python -m vdit_accel.tiny_model.train`, or pass --model tiny-wan / a hub id."
             )
-        from .tiny_model import load_default_pipeline
+        from ..tiny_model import load_default_pipeline
 
         return load_default_pipeline(torch_dtype=torch_dtype, device=device)
     if model in TINY_MODELS:
-        from . import testing
+        from .. import testing
 
         pipe = testing.build_tiny_wan_pipeline() if model == "tiny-wan" else testing.build_tiny_cogvideox_pipeline()
         return pipe.to(device) if torch_dtype == torch.float32 else pipe.to(device=device, dtype=torch_dtype)

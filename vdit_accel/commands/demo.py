@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..loading import load_pipeline
-    from .app import build_app
+    from .loading import load_pipeline
+    from ..app import build_app
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}.")

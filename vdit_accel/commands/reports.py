@@ -4,7 +4,7 @@ Input is :func:`vdit_accel.methods.score_reuse.reuse_summary`'s dict. matplotlib
 inside :func:`plot_reuse`.
 
 >>> from vdit_accel.methods.score_reuse import reuse_summary
->>> from vdit_accel.reuse_report import plot_reuse
+>>> from vdit_accel.commands.reports import plot_reuse
 >>> plot_reuse(reuse_summary(pipe), "reuse.png")  # doctest: +SKIP
 """
 

@@ -26,7 +26,7 @@ HELP = ("Search per-step token budgets with an evolutionary algorithm (DEAP) for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..commands.generate import add_model_arguments
+    from .generate import add_model_arguments
 
     add_model_arguments(p)
     p.add_argument("--prompts", required=True, help="text file, one prompt per line ('#' comments and blank lines "
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_prompts(path: str, flag: str = "--prompts") -> list[str]:
-    from ..prompts import read_prompt_file
+    from .prompts import read_prompt_file
 
     return read_prompt_file(path, flag)
 
@@ -87,7 +87,7 @@ def _stem(path: str) -> str:
 
 
 def _generation_defaults(model: str) -> dict[str, Any]:
-    from ..loading import TINY_MODELS
+    from .loading import TINY_MODELS
 
     if model in (None, "", "default"):
         from ..tiny_model import DEFAULT_GENERATION_KWARGS
@@ -100,7 +100,7 @@ def _generation_defaults(model: str) -> dict[str, Any]:
 
 
 def build_run_spec(args, prompts: list[str], seed_offset: int = 0):
-    from .evaluate import RunSpec
+    from ..search.evaluate import RunSpec
 
     d = _generation_defaults(args.model)
     pick = lambda v, k: v if v is not None else d.get(k)  # noqa: E731
@@ -116,7 +116,7 @@ def transformer_inputs(evaluator) -> dict[str, Any]:
     """One transformer call's inputs at the search's settings (prompt 0, first timestep) for calibration."""
     import torch
 
-    from .evaluate import supports_prefix_sharing
+    from ..search.evaluate import supports_prefix_sharing
 
     pipe = evaluator.pipe
     if supports_prefix_sharing(pipe):
@@ -164,9 +164,9 @@ def versions() -> dict[str, str]:
 def run(args) -> int:
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .cost_model import CostModel, calibrate
-    from .engine import SearchConfig, _deap, run_search
+    from ..search.checkpoint import load_checkpoint
+    from ..search.cost_model import CostModel, calibrate
+    from ..search.engine import SearchConfig, _deap, run_search
 
     # ---------------------------------------------------------------- every check before any work
     prompts = read_prompts(args.prompts)
@@ -186,7 +186,7 @@ def run(args) -> int:
     report_path = args.report or _stem(args.out) + ".report.json"
     saved = load_checkpoint(ckpt_path) if args.resume else None
     if saved is not None:  # settings that need no model: refuse a mismatched resume before loading anything
-        from .checkpoint import check_same_search
+        from ..search.checkpoint import check_same_search
 
         check_same_search(saved["key"]["search"], cfg.search_key(), ckpt_path)
         check_same_search(saved["key"]["run"], _run_key(spec, args, model_id=None), ckpt_path)
@@ -199,9 +199,9 @@ def run(args) -> int:
               f"(use --resume to continue it)", file=sys.stderr)
 
     # ---------------------------------------------------------------- model, references, cost model
-    from ..loading import load_pipeline
-    from .evaluate import Evaluator, LoadSpec, ParallelEvaluator, references_hash, supports_prefix_sharing
+    from ..search.evaluate import Evaluator, LoadSpec, ParallelEvaluator, references_hash, supports_prefix_sharing
     from ..shipped import pipeline_identity
+    from .loading import load_pipeline
 
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, getattr(torch, args.dtype), args.device)
@@ -319,7 +319,7 @@ def _run_key(spec, args, model_id: str | None) -> dict[str, Any]:
 
 
 def _flops_cost(transformer, inputs):
-    from .cost_model import CostModel
+    from ..search.cost_model import CostModel
 
     x = inputs["hidden_states"]
     p = transformer.config.patch_size
@@ -331,7 +331,7 @@ def holdout_comparison(pipe, spec, evaluator, cost, best: list[float]) -> dict[s
     """Errors on held-out prompts: the searched schedule, the uniform schedule of the same predicted cost and the
     library's default rule."""
     from ..schedule import BudgetSchedule
-    from .evaluate import Evaluator
+    from ..search.evaluate import Evaluator
 
     ev = Evaluator(pipe, spec, evaluator.token_selection, prefix_sharing=evaluator.prefix_sharing)
     n = spec.num_inference_steps

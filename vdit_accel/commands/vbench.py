@@ -26,8 +26,8 @@ _MAX_NAME_BYTES = 240  # file names are "{prompt}-{i}.mp4"; most file systems st
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..commands.generate import add_generation_arguments, add_model_arguments
-    from .vbench_runner import ALL_DIMENSIONS
+    from .generate import add_generation_arguments, add_model_arguments
+    from ..quality.vbench_runner import ALL_DIMENSIONS
 
     p.add_argument("--prompts", required=True,
                    help=f"'{STANDARD}' (VBench's standard prompt suite; needs the VBench venv) or a file: one prompt "
@@ -57,7 +57,7 @@ def read_prompt_file(path: str) -> list[str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--prompts {path!r}: no such file. Pass a text file with one prompt per line, a JSON "
                                 f"list of prompts, or '{STANDARD}'.")
-    from ..prompts import read_prompt_file as read_prompts
+    from .prompts import read_prompt_file as read_prompts
 
     prompts = read_prompts(path)
     for p in prompts:
@@ -73,10 +73,10 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def run(args) -> int:
-    from ..compare import compare, save_video
+    from .compare import compare, save_video
     from ..config import AccelerationConfig
-    from ..loading import load_pipeline
-    from . import vbench_runner as vr
+    from .loading import load_pipeline
+    from ..quality import vbench_runner as vr
 
     # ----------------------------------------------------------------- every check before the (slow) generation
     dims = vr.validate_dimensions(args.dimensions)
@@ -111,7 +111,7 @@ def run(args) -> int:
                                allow_downloads=args.allow_downloads)
 
     # ----------------------------------------------------------------- generation
-    from ..commands.generate import settings_from_args
+    from .generate import settings_from_args
 
     pipe = load_pipeline(args.model, getattr(torch, args.dtype), args.device)
     dense_dir, acc_dir = os.path.join(args.out, "dense"), os.path.join(args.out, "accelerated")

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .api import disable_acceleration, enable_acceleration, summary
-from .config import AccelerationConfig
+from ..api import disable_acceleration, enable_acceleration, summary
+from ..config import AccelerationConfig
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Comparison:
 def compare(pipe, settings: GenerationSettings, config: AccelerationConfig, dense: Generation | None = None,
             progress: bool = True) -> Comparison:
     """Generate dense (unless ``dense`` is given, e.g. cached), then accelerated with ``config``; compare."""
-    from .quality import compare_videos
+    from ..quality import compare_videos
 
     if dense is None:
         dense = generate(pipe, settings, progress)
