@@ -219,11 +219,14 @@ class BudgetSchedule:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BudgetSchedule":
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ValueError(f"Schedule path {path!r} is a folder, not a file. Pass the JSON file inside it written by "
+                             f"`BudgetSchedule.save` or `vdit-accel search --out` (e.g. {path}/schedule.json).")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Schedule file not found: {path!r}. Pass an existing JSON file written by "
                                     f"`BudgetSchedule.save` or `vdit-accel search --out`.")
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 d = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"Corrupt schedule file {path!r}: not valid JSON ({e}). Regenerate it with "

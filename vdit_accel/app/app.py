@@ -16,6 +16,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Callable
 
 import torch
@@ -122,19 +123,24 @@ def _size_rules(pipe):
 
 
 def _whole(name: str, value: Any, hint: str = "") -> int:
-    if value is None or value == "":
+    """``value`` (an int, a whole float or a string) as an exact int.
+
+    Strings and ints are parsed exactly, never through a float: a float rounds 2**63 - 1 up to 2**63."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise DemoInputError(f"{name} is empty; enter a whole number.{hint}")
     try:
-        f = float(value)
-    except (TypeError, ValueError):
+        if isinstance(value, bool):
+            raise TypeError
+        exact = Fraction(value.strip()) if isinstance(value, str) else Fraction(value)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
         raise DemoInputError(f"{name} must be a whole number, got {value!r}.{hint}") from None
-    if f != int(f):
+    if exact.denominator != 1:
         raise DemoInputError(f"{name} must be a whole number, got {value!r}.{hint}")
-    return int(f)
+    return int(exact)
 
 
 def _as_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise DemoInputError(f"{name} is empty; enter a whole number between {lo} and {hi}.{hint}")
     v = _whole(name, value, hint)
     if not lo <= v <= hi:

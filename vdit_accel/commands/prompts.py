@@ -12,8 +12,12 @@ def read_prompt_file(path: str, flag: str = "--prompts") -> list[str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag} {path!r}: no such file. Pass a text file with one prompt per line or a JSON "
                                 f"list of prompts.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{flag} {path!r} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                         f"{e.start}); save the file as UTF-8.") from e
     if path.lower().endswith(".json") or text.lstrip().startswith("["):
         try:
             prompts = json.loads(text)

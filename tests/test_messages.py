@@ -1,0 +1,93 @@
+"""Small messages (issue 16 item 10): each bad input names what is wrong and where, and nothing valid is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+import vdit_accel
+from vdit_accel.schedule import BudgetSchedule
+
+LATIN1 = "un café au lait\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("flag", ["--prompts", "--holdout-prompts"])
+def test_a_non_utf8_prompts_file_names_the_flag_and_the_file(tmp_path, flag):
+    from vdit_accel.commands.prompts import read_prompt_file
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(LATIN1)
+    with pytest.raises(ValueError) as e:
+        read_prompt_file(str(path), flag)
+    assert flag in str(e.value) and str(path) in str(e.value) and "UTF-8" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("command", ["search", "vbench"])
+def test_the_cli_reports_a_non_utf8_prompts_file(tmp_path, capsys, command):
+    from vdit_accel.cli import main
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(LATIN1)
+    args = ([command, "--model", "tiny-wan", "--prompts", str(path), "--target-speedup", "2", "--steps", "4",
+             "--out", str(tmp_path / "s.json")] if command == "search"
+            else [command, "--model", "tiny-wan", "--prompts", str(path), "--out", str(tmp_path / "vb")])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--prompts" in err and str(path) in err and "UTF-8" in err, err
+
+
+def test_a_folder_passed_as_a_schedule_is_not_called_missing(tmp_path):
+    for load in (BudgetSchedule.load, BudgetSchedule.from_any):
+        with pytest.raises(ValueError) as e:
+            load(str(tmp_path))
+        assert "is a folder, not a file" in str(e.value) and "not found" not in str(e.value), str(e.value)
+    with pytest.raises(FileNotFoundError, match="not found"):  # a missing path still says so
+        BudgetSchedule.load(tmp_path / "nothing.json")
+
+
+def test_enable_acceleration_with_a_schedule_folder(tmp_path):
+    from vdit_accel.testing import build_tiny_wan_pipeline
+
+    pipe = build_tiny_wan_pipeline()
+    with pytest.raises(ValueError, match="is a folder, not a file"):
+        pipe.enable_acceleration(schedule=str(tmp_path))
+    assert not vdit_accel.is_accelerated(pipe)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    from vdit_accel.app import DemoRunner
+    from vdit_accel.testing import build_tiny_wan_pipeline
+
+    return DemoRunner(build_tiny_wan_pipeline(), model="tiny-wan")
+
+
+def _request(runner, **kw):
+    from vdit_accel.app import DemoRequest
+
+    d = runner.defaults
+    return DemoRequest(prompt="a red circle", num_inference_steps=2, num_frames=d["num_frames"], height=d["height"],
+                       width=d["width"], **kw)
+
+
+@pytest.mark.parametrize("seed", [2**63 - 1, str(2**63 - 1), f" {2**63 - 1} ", 0, 7.0, "12"])
+def test_the_demo_takes_every_seed_up_to_2_63_minus_1_exactly(runner, seed):
+    got = runner.settings(_request(runner, seed=seed)).seed
+    assert got == int(str(seed).strip().removesuffix(".0")) and isinstance(got, int)
+
+
+@pytest.mark.parametrize("seed, message", [
+    (2**63, "must be between 0 and 9223372036854775807, got 9223372036854775808"),
+    (-1, "must be between 0"),
+    (1.5, "must be a whole number"),
+    ("abc", "must be a whole number"),
+    (float("nan"), "must be a whole number"),
+    (float("inf"), "must be a whole number"),
+    (True, "must be a whole number"),
+    ("", "Seed is empty"),
+])
+def test_the_demo_refuses_bad_seeds_by_name(runner, seed, message):
+    from vdit_accel.app import DemoInputError
+
+    with pytest.raises(DemoInputError, match="Seed") as e:
+        runner.settings(_request(runner, seed=seed))
+    assert message in str(e.value), str(e.value)
