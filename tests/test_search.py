@@ -140,7 +140,7 @@ def _bundled_or_skip():
 
 @pytest.mark.parametrize("model", ["tiny-wan", "bundled"])
 def test_searched_schedule_beats_uniform_of_same_cost_on_heldout_prompts(pipe, tmp_path, model):
-    from vdit_accel.commands.search import _flops_cost, transformer_inputs, uniform_at_cost
+    from vdit_accel.commands.search import flops_cost, transformer_inputs, uniform_at_cost
 
     settings = SMALL
     if model == "bundled":  # trained weights at the size they were trained for (5x8x8 = 320 video tokens)
@@ -153,7 +153,7 @@ def test_searched_schedule_beats_uniform_of_same_cost_on_heldout_prompts(pipe, t
         train, heldout = TRAIN, HELDOUT
     n = 8
     ev = Evaluator(pipe, RunSpec(prompts=train, seeds=[0, 1], num_inference_steps=n, **settings))
-    cost = _flops_cost(pipe.transformer, transformer_inputs(ev))  # deterministic (timings are not)
+    cost = flops_cost(pipe.transformer, transformer_inputs(ev))  # deterministic (timings are not)
     cfg = SearchConfig(num_steps=n, target_speedup=2.0, population=10, offspring=8, generations=4, grid=0.1, seed=0)
     result = run_search(cfg, ev.evaluate, cost, str(tmp_path / "ck.pkl"), progress=False)
     assert result.best_speedup >= 2.0

@@ -161,12 +161,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def require_deap() -> None:
+    """Raise a clear error when DEAP (the search's genetic-algorithm library) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("deap") is None:
+        raise RuntimeError("`vdit-accel search` needs DEAP: pip install 'vdit-accel[search]' (or pip install deap).")
+
+
 def run(args) -> int:
     import torch
 
     from ..search.checkpoint import load_checkpoint
     from ..search.cost_model import CostModel, calibrate
-    from ..search.engine import SearchConfig, _deap, run_search
+    from ..search.engine import SearchConfig, run_search
 
     # ---------------------------------------------------------------- every check before any work
     prompts = read_prompts(args.prompts)
@@ -193,7 +201,7 @@ def run(args) -> int:
     file_cost = None
     if saved is None and args.cost_model not in ("calibrate", "flops"):
         file_cost = CostModel.load(args.cost_model)
-    _deap()  # DEAP missing: say so now
+    require_deap()  # DEAP missing: say so now, before the model loads
     if saved is None and os.path.exists(ckpt_path):
         print(f"[vdit-accel search] starting a new search; the old checkpoint {ckpt_path} will be overwritten "
               f"(use --resume to continue it)", file=sys.stderr)
@@ -214,7 +222,7 @@ def run(args) -> int:
     elif file_cost is not None:
         cost = file_cost
     elif args.cost_model == "flops":
-        cost = _flops_cost(pipe.transformer, transformer_inputs(evaluator))
+        cost = flops_cost(pipe.transformer, transformer_inputs(evaluator))
     else:
         print("[vdit-accel search] calibrating the cost model (timing the transformer at several budgets)...")
         levels = cfg.levels
@@ -260,7 +268,7 @@ def run(args) -> int:
     # ---------------------------------------------------------------- outputs
     from ..schedule import BudgetSchedule
 
-    flops = _flops_cost(pipe.transformer, transformer_inputs(evaluator)) if supports_prefix_sharing(pipe) else None
+    flops = flops_cost(pipe.transformer, transformer_inputs(evaluator)) if supports_prefix_sharing(pipe) else None
     grid = None
     if supports_prefix_sharing(pipe):  # the latent token grid (F', H', W') the accelerated transformer sees
         x, pt = transformer_inputs(evaluator)["hidden_states"], pipe.transformer.config.patch_size
@@ -318,7 +326,7 @@ def _run_key(spec, args, model_id: str | None) -> dict[str, Any]:
     return key
 
 
-def _flops_cost(transformer, inputs):
+def flops_cost(transformer, inputs):
     from ..search.cost_model import CostModel
 
     x = inputs["hidden_states"]
