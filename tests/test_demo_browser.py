@@ -155,7 +155,7 @@ def test_callback_reports_bad_input_in_the_page(runner, overrides, message):
 
 def test_callback_score_reuse_alone(runner):
     from vdit_accel.app import run_callback
-    from vdit_accel.app.app import score_reuse_available
+    from vdit_accel.app import score_reuse_available
 
     if not score_reuse_available():
         pytest.skip("score reuse (vdit_accel.methods.score_reuse.ReuseConfig) is not in this build")
@@ -168,7 +168,7 @@ def test_callback_score_reuse_alone(runner):
 def test_size_rules_come_from_the_pipeline():
     from vdit_accel.adapters import get_adapter
     from vdit_accel.app import DemoRunner, run_callback
-    from vdit_accel.app.app import DemoRequest
+    from vdit_accel.app import DemoRequest
     from vdit_accel.testing import build_tiny_cogvideox_pipeline
 
     pipe = build_tiny_cogvideox_pipeline()
@@ -185,8 +185,8 @@ def test_demo_limits_come_from_the_model():
     """The bundled model's RoPE table has 64 positions per axis: the page offers at most 512 px and 253 frames (not
     the 2048 px and 257 frames it once offered, which failed deep inside diffusers) and says why."""
     from vdit_accel.app import DemoRunner, run_callback
-    from vdit_accel.app.app import DemoRequest
-    from vdit_accel.loading import bundled_model_available
+    from vdit_accel.app import DemoRequest
+    from vdit_accel.commands.loading import bundled_model_available
     from vdit_accel.tiny_model import load_default_pipeline
 
     if not bundled_model_available():
@@ -282,9 +282,15 @@ def _set_number(page, elem_id: str, value) -> None:
     box.press("Tab")  # Gradio commits a number on blur
 
 
+def _set_seed(page, seed) -> None:
+    box = page.locator("#seed textarea, #seed input").first  # a text box: the digits reach Python exactly
+    box.fill(str(seed))
+    box.press("Tab")
+
+
 def _fill_good_input(page, prompt: str, seed: int) -> None:
     page.locator("#prompt textarea").fill(prompt)
-    _set_number(page, "seed", seed)
+    _set_seed(page, seed)
     _set_number(page, "steps", STEPS)
 
 
@@ -379,10 +385,15 @@ def test_browser_shows_bad_input_and_keeps_serving(page, server, tmp_path):
     page.locator("#generate").click()
     expect(error).to_contain_text("Corrupt schedule file", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#dense-video video")).to_have_count(0)
-
-    # the server keeps serving: a fresh page with good input generates
+    # a seed that is not a whole number
     page.goto(server)
-    _fill_good_input(page, "a green diamond moving up on a striped background", seed=31)
+    _fill_good_input(page, "a green diamond moving up on a striped background", seed="12abc")
+    page.locator("#generate").click()
+    expect(error).to_contain_text("Seed must be a whole number", timeout=RUN_TIMEOUT_MS)
+
+    # the server keeps serving: a fresh page with good input generates, with the largest seed (no float round trip)
+    page.goto(server)
+    _fill_good_input(page, "a green diamond moving up on a striped background", seed=2**63 - 1)
     page.locator("#generate").click()
     expect(page.locator("#metrics")).to_contain_text("PSNR", timeout=RUN_TIMEOUT_MS)
     _wait_for_playable_video(page, "dense-video")

@@ -91,3 +91,14 @@ def test_the_demo_refuses_bad_seeds_by_name(runner, seed, message):
     with pytest.raises(DemoInputError, match="Seed") as e:
         runner.settings(_request(runner, seed=seed))
     assert message in str(e.value), str(e.value)
+
+
+def test_the_demo_page_hands_the_seed_over_as_exact_digits(runner):
+    """The browser holds a number input as a double (2**63 - 1 arrives as 2**63); the seed input is text instead."""
+    pytest.importorskip("gradio")
+    from vdit_accel.app import build_app
+
+    demo = build_app(runner.pipe, model_name="tiny-wan", warm_up=False)
+    (seed,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "seed"]
+    value = seed.preprocess(str(2**63 - 1))  # what Gradio does with the browser's payload
+    assert runner.settings(_request(runner, seed=value)).seed == 2**63 - 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vdit_accel.adapters import SizeRules, get_adapter
-from vdit_accel.loading import bundled_model_available
+from vdit_accel.commands.loading import bundled_model_available
 
 from .test_families import FAMILIES, _pipe
 
