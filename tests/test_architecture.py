@@ -80,12 +80,6 @@ def import_edges() -> set[tuple[str, str]]:
     return edges
 
 
-# TEMPORARY (removed once the core and adapters refactors are merged): known violations on main that other
-# branches fix. Anything else fails.
-_KNOWN_EDGES = {("vdit_accel.api", "vdit_accel.search.shipped")}
-_KNOWN_BIG = {"vdit_accel.methods.score_reuse"}
-
-
 def test_import_scanner_sees_lazy_relative_and_string_imports():
     """The scanner itself: it must catch the forms a core module could use to reach outward."""
     known = {"vdit_accel.search", "vdit_accel.search.shipped", "vdit_accel.commands.loading", "vdit_accel.api"}
@@ -115,8 +109,6 @@ def test_the_graph_is_the_real_one():
 def test_core_never_imports_the_outer_layer():
     edges = import_edges()
     bad = sorted((a, b) for a, b in edges if not is_outer(a) and is_outer(b))
-    if bad and set(bad) <= _KNOWN_EDGES:
-        pytest.xfail(f"known until the core refactor lands: {bad}")
     assert not bad, ("core modules import the outer layer (move the code into the core, or invert the dependency): "
                      + "; ".join(f"{a} -> {b}" for a, b in bad))
 
@@ -124,8 +116,6 @@ def test_core_never_imports_the_outer_layer():
 def test_no_module_over_500_lines():
     sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in package_modules().items()}
     big = sorted((n, s) for n, s in sizes.items() if s > MAX_LINES)
-    if big and {n for n, _ in big} <= _KNOWN_BIG:
-        pytest.xfail(f"known until the refactors land: {big}")
     assert not big, f"modules over {MAX_LINES} lines (split them): " + ", ".join(f"{n} ({s})" for n, s in big)
 
 
