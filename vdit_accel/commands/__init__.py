@@ -6,6 +6,7 @@
 * :mod:`.loading`  ``--model`` to a pipeline (bundled model, tiny test pipelines, folder, hub id).
 * :mod:`.prompts`  prompt files (a JSON list or one prompt per line).
 * :mod:`.reports`  text and plot reports of channel-level score reuse.
+* :mod:`.parallel` the command-line side of ``--parallel`` (``run_cli`` under ``torchrun``).
 
 The engines stay beside the core (:mod:`vdit_accel.search`, :mod:`vdit_accel.quality`, :mod:`vdit_accel.app`).
 The core (api, config, schedule, cost, runtime, methods, adapters, kernels) never imports this package.
