@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..kernels import gather_rows
+from ..kernels import gather_rows, query_sparse_attention
 from .joint import attend_joint
 from .sizes import SizeRules, size_rules_from_pipe
 
@@ -174,7 +174,11 @@ class QuerySparseProcessorBase:
         rt = self.runtime
         for transform in rt.qk_transforms:
             query, key = transform(self, sel, query, key, video_offset)
-        out, lse = rt.attention_fn(query, key, value)
+        if rt.attention_fn is query_sparse_attention and self._attention_backend is not None:
+            # the backend the user chose with set_attention_backend (used where it returns the LSE; else logged once)
+            out, lse = query_sparse_attention(query, key, value, attention_backend=self._attention_backend)
+        else:
+            out, lse = rt.attention_fn(query, key, value)
         video_lse = lse[:, video_offset:video_offset + sel.num_selected].mean(dim=-1)
         sel.lse = video_lse
         rt.count("attention_queries", video_lse.numel())

@@ -30,6 +30,7 @@ from .channel_reuse import (
     naive_channel_reuse_attention,
     sdpa_channel_reuse_attention,
 )
+from .diffusers_backends import diffusers_query_sparse_attention, log_fallback, lse_supported, own_backend
 from .dispatch import BackendUnavailableError, check_always, check_triton, check_xformers, resolve
 from .query_sparse import gather_rows, naive_query_sparse_attention, scatter_rows_, sdpa_query_sparse_attention
 
@@ -103,6 +104,7 @@ def query_sparse_attention(
     *,
     backend: str | None = None,
     out_full: torch.Tensor | None = None,
+    attention_backend=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention for selected query rows over all keys; returns ``(out [B,K,H,D], lse [B,K,H] fp32)``.
 
@@ -121,6 +123,11 @@ def query_sparse_attention(
         out_full: optional ``[B, Sq, H, D]`` buffer (``q.dtype``, needs ``q_index``): row ``j`` is written to
             ``out_full[:, q_index[:, j]]`` (in the kernel on triton; a scatter after the call elsewhere) and
             ``out_full`` is returned in place of the gathered ``out``.
+        attention_backend: the diffusers attention backend the user chose (``set_attention_backend(...)``; the
+            processors pass their ``_attention_backend``). Used through diffusers' ``dispatch_attention_fn`` with
+            ``return_lse=True`` where that backend returns the LSE (see :mod:`.diffusers_backends`); otherwise the
+            call falls back to ``backend`` (automatic by default) and logs that once, naming the backend.
+            Ignored when ``backend`` is given explicitly.
 
     Returns:
         ``(out, lse)``: ``out`` ``[B, K, H, D]`` in ``q.dtype`` (or ``out_full``); ``lse`` ``[B, K, H]`` float32,
@@ -152,8 +159,19 @@ def query_sparse_attention(
         if out_full.shape != q.shape or out_full.dtype != q.dtype or out_full.device != q.device:
             raise ValueError(f"query_sparse_attention: out_full must be like q {tuple(q.shape)} {q.dtype}; got "
                              f"{tuple(out_full.shape)} {out_full.dtype} on {out_full.device}")
+    if attention_backend is not None and backend is None:
+        if lse_supported(attention_backend):
+            if q_index is not None:
+                q = gather_rows(q, q_index)
+            out, lse = diffusers_query_sparse_attention(q, k, v, scale, attention_backend)
+            return (scatter_rows_(out_full, q_index, out) if out_full is not None else out), lse
+    user_choice = attention_backend is not None and backend is None
+    if user_choice:
+        backend = own_backend(attention_backend)
     name = resolve("query_sparse_attention", backend, _QUERY_SPARSE_BACKENDS,
                    _auto_order(q.device, ["triton", "xformers"], q.dtype), q, k, v)
+    if user_choice:
+        log_fallback(attention_backend, name)
     if name == "triton":
         from .query_sparse.triton import triton_query_sparse_attention
 

@@ -32,8 +32,13 @@ class BackendUnavailableError(RuntimeError):
 def log_once(message: str) -> None:
     """Log an automatic fallback once per distinct message (per process)."""
     if message not in _LOGGED:
-        _LOGGED.add(message)
-        logger.info(message)
+        _log(message)
+
+
+@torch.compiler.disable  # logging inside a compiled region would break the graph on every call, not just the first
+def _log(message: str) -> None:
+    _LOGGED.add(message)
+    logger.info(message)
 
 
 def triton_interpret() -> bool:

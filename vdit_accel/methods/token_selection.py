@@ -12,7 +12,6 @@ Per block, per denoising step and per CFG branch (diffusers ``cache_context``), 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from ..kernels import gather_rows
 from ..runtime import AccelRuntime, ContextStateManager, Selection
 from ..runtime.processors import ProcessorSwap
 from . import register_method
+from .token_counts import bucket_count, budget_size_hint, selected_count
 
 BLOCK_HOOK = "vdit_accel_token_selection"
 ROWS_HOOK = "vdit_accel_token_rows"
@@ -56,6 +56,12 @@ class TokenSelectionConfig:
             of its hidden states. With False the published formula is used verbatim.
         min_tokens (`int`, defaults to 1):
             Lower bound on the number of tokens recomputed per block.
+        token_buckets (`int`, *optional*, defaults to 20):
+            Round each budget up to a multiple of ``1/token_buckets`` before it becomes a token count (``k =
+            ceil(ceil(θ·T)/T · N)``, :mod:`.token_counts`), in eager and compiled runs alike. A run then has at most
+            ``token_buckets`` distinct counts per resolution, which bounds what ``torch.compile`` compiles. 20 keeps
+            budgets in steps of 0.05 (0.4, 0.5, 0.7, ...) exact and costs at most N/20 extra tokens otherwise.
+            ``None``: the exact ``ceil(θ·N)`` (one compiled graph per distinct budget).
     """
 
     w_alpha: float = 1.0
@@ -63,6 +69,7 @@ class TokenSelectionConfig:
     cache: str = "output"
     normalize_significance: bool = True
     min_tokens: int = 1
+    token_buckets: int | None = 20
 
     def __post_init__(self):
         check_number("TokenSelectionConfig.w_alpha", self.w_alpha, 0.0, None, " Example: w_alpha=1.0.")
@@ -74,6 +81,10 @@ class TokenSelectionConfig:
                             f"{self.normalize_significance!r}.")
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 1:
             raise ValueError(f"`TokenSelectionConfig.min_tokens` must be an int >= 1, got {self.min_tokens!r}.")
+        if self.token_buckets is not None and (isinstance(self.token_buckets, bool) or not isinstance(
+                self.token_buckets, int) or self.token_buckets < 1):
+            raise ValueError(f"`TokenSelectionConfig.token_buckets` must be an int >= 1 or None (exact counts), got "
+                             f"{self.token_buckets!r}.")
 
 
 class BlockCacheState(BaseState):
@@ -94,13 +105,16 @@ class BlockCacheState(BaseState):
                 and step > self.step)
 
 
-@torch.compiler.disable
 def select_tokens(state: BlockCacheState, x: torch.Tensor, budget: float, cfg: TokenSelectionConfig):
-    """Top-``ceil(budget·N)`` tokens by the Astraea score; ``None`` means compute all. Returns sorted ``[B, K]``."""
+    """Top-``k`` tokens by the Astraea score, ``k = selected_count(N, budget, cfg)``; ``None`` means compute all.
+    Returns sorted ``[B, K]``."""
     n = x.shape[1]
-    k = min(n, max(cfg.min_tokens, math.ceil(budget * n - 1e-9)))
-    if k >= n:
-        return None
+    k = selected_count(n, budget, cfg)
+    return None if k >= n else top_tokens(state, x, k, cfg)
+
+
+def top_tokens(state: BlockCacheState, x: torch.Tensor, k: int, cfg: TokenSelectionConfig) -> torch.Tensor:
+    """The ``k`` tokens with the highest score ``w_α · LSE_prev · Δ + w_β · exp(n_skip)``, sorted ``[B, k]``."""
     delta = (x - state.last_input).float().norm(dim=-1)  # [B, N]
     significance = state.lse.clamp_min(0) * delta
     if cfg.normalize_significance:
@@ -121,30 +135,61 @@ class TokenSelectionBlockHook(ModelHook):
         self.block_name = block_name
         self.state_manager = ContextStateManager(BlockCacheState)
         self.metadata = None
+        # set by prepare_call (eager) for the running transformer call
+        self.active_state: BlockCacheState | None = None
+        self.budget = 1.0
+        self.sparse = False
+        self.budget_size: torch.Tensor | None = None
 
     def initialize_hook(self, module):
         self.metadata = TransformerBlockRegistry.get(type(module))
+        self.runtime.call_preparers.append(self.prepare_call)
         return module
+
+    def deinitialize_hook(self, module):
+        self.runtime.call_preparers.remove(self.prepare_call)
+        return module
+
+    @torch.compiler.disable
+    def prepare_call(self) -> None:
+        """Run eagerly by the step tracker before each transformer call: pick this CFG branch's cache (reset on a new
+        run or a repeated step), decide whether this call may reuse it, and fix the budget.
+
+        Kept out of :meth:`new_forward` so ``torch.compile`` traces only tensor work: traced, the step numbers and
+        context names read here would become guards and recompile the graph on every call.
+        """
+        rt = self.runtime
+        state = self.state_manager.get_state()
+        if state.step >= rt.step:  # a new run (the step went back) or the same step again
+            state.reset()
+        reusable = state.last_input is not None and state.lse is not None
+        state.step = rt.step
+        self.active_state = state
+        self.budget = rt.budget if reusable else 1.0
+        self.sparse = self.budget < 1.0  # the traced forward branches on this bool, not on the budget's value
+        self.budget_size = budget_size_hint(self.budget, self.config, self.budget_size)
 
     def new_forward(self, module, *args, **kwargs):
         rt = self.runtime
         md = self.metadata
+        if self.active_state is None:  # called outside a tracked transformer call
+            self.prepare_call()
+        state = self.active_state
         x = md._get_parameter_from_args_kwargs(md.hidden_states_argument_name, args, kwargs)
-        state = self.state_manager.get_state()
-        if state.last_input is not None and (state.last_input.shape != x.shape or rt.step <= state.step):
-            state.reset()  # a new run, or a new resolution / batch size
-        budget = rt.budget if state.is_valid_for(x, rt.step) else 1.0
-        selector = rt.extras.get("select_tokens", select_tokens)  # seam: per-shard selection (parallel.py)
-        index = selector(state, x, budget, self.config) if budget < 1.0 else None
+        index = None
+        if self.sparse and state.last_input.shape == x.shape:
+            selector = rt.extras.get("select_tokens")  # seam: per-shard selection (parallel.py)
+            if selector is not None:
+                index = selector(state, x, self.budget, self.config)
+            else:
+                k = self._count(x.shape[1])
+                index = None if k >= x.shape[1] else top_tokens(state, x, k, self.config)
         text_len = 0
         if md.encoder_hidden_states_argument_name:
             enc = md._get_parameter_from_args_kwargs(md.encoder_hidden_states_argument_name, args, kwargs)
             text_len = 0 if enc is None else enc.shape[1]
         sel = Selection(num_video=x.shape[1], index=index, text_len=text_len, block_name=self.block_name)
-        rec = rt.current
-        if rec is not None:
-            rec.batch, rec.video_tokens = x.shape[0], x.shape[1]
-            rec.blocks += 1
+        rt.record_block(x.shape[0], x.shape[1])
         if rt.record_masks and index is not None:
             rt.masks[(rt.step, rt.context)][self.block_name] = index.cpu()
         previous, rt.selection = rt.selection, sel
@@ -155,14 +200,22 @@ class TokenSelectionBlockHook(ModelHook):
         is_tuple = isinstance(output, tuple)
         y = output[md.return_hidden_states_index] if is_tuple else output
         y = self._merge(state, x, y, sel)
-        state.step = rt.step
         if not is_tuple:
             return y
         output = list(output)
         output[md.return_hidden_states_index] = y
         return tuple(output)
 
+    def _count(self, n: int) -> int:
+        if self.budget_size is None:
+            return selected_count(n, self.budget, self.config)
+        # the budget as a number of 1/token_buckets steps, read from a size so compile treats it as dynamic
+        return bucket_count(n, self.budget_size.shape[0], self.config)
+
     def _merge(self, state: BlockCacheState, x: torch.Tensor, y: torch.Tensor, sel: Selection) -> torch.Tensor:
+        # Every cache update is out of place (new tensors bound to the state, never written into): under torch.compile
+        # two cached tensors may share one buffer (inductor merges equal values, e.g. block i's cached output and
+        # block i+1's cached input), and an in-place write into one would corrupt the other.
         residual_mode = self.config.cache == "residual"
         lse = sel.lse if sel.lse is not None else torch.zeros(x.shape[:2], device=x.device)
         if sel.index is None:
@@ -175,17 +228,17 @@ class TokenSelectionBlockHook(ModelHook):
         view = idx.unsqueeze(-1).expand(-1, -1, y.shape[-1])
         y_sel = gather_rows(y, idx)
         x_sel = gather_rows(x, idx)
-        merged = (x + state.cached.to(x.dtype)) if residual_mode else state.cached.clone().to(y.dtype)
-        merged.scatter_(1, view, y_sel)
-        state.cached.scatter_(1, view, (y_sel - x_sel) if residual_mode else y_sel)
-        state.last_input.scatter_(1, view, x_sel)
-        state.lse.scatter_(1, idx, lse.float())
-        state.n_skip += 1
-        state.n_skip.scatter_(1, idx, 0)
+        merged = (x + state.cached.to(x.dtype)) if residual_mode else state.cached.to(y.dtype)
+        merged = merged.scatter(1, view, y_sel)
+        state.cached = state.cached.scatter(1, view, (y_sel - x_sel) if residual_mode else y_sel)
+        state.last_input = state.last_input.scatter(1, view, x_sel)
+        state.lse = state.lse.scatter(1, idx, lse.float())
+        state.n_skip = (state.n_skip + 1).scatter(1, idx, 0)
         return merged
 
     def reset_state(self, module):
         self.state_manager.reset()
+        self.active_state = None
         return module
 
 

@@ -106,6 +106,10 @@ class AccelRuntime:
     extras: dict[str, Any] = field(default_factory=dict)
     # processors installed by the methods (runtime/processors.py); the step tracker checks them at every call
     processor_swaps: list = field(default_factory=list)
+    # Counts of the running transformer call (see count / flush_counts) and the per-call preparations the step
+    # tracker runs eagerly before the call (the block hooks register theirs; see TokenSelectionBlockHook.prepare_call).
+    pending: dict[str, Any] = field(default_factory=dict)
+    call_preparers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def budget(self) -> float:
@@ -118,17 +122,41 @@ class AccelRuntime:
         return self.records[-1] if self.records else None
 
     def count(self, kind: str, n: int) -> None:
+        """Add ``n`` to the counter ``kind`` of the running call's :class:`StepRecord`.
+
+        The sum goes to :attr:`pending`, a fresh dict per transformer call, and reaches the record at
+        :meth:`flush_counts` (eager, at the end of the call). Under ``torch.compile`` this is then a side effect on a
+        new dict: no guard on a running total or on ``len(records)``, which would recompile on every call. ``n`` is not
+        passed through ``int()``: under compile it may be a symbolic size, and ``int()`` would specialise on it.
+        """
+        self.pending[kind] = self.pending.get(kind, 0) + n
+
+    def record_block(self, batch: int, video_tokens: int) -> None:
+        """One block ran on ``batch`` samples of ``video_tokens`` video tokens (see :meth:`count`)."""
+        self.pending["blocks"] = self.pending.get("blocks", 0) + 1
+        self.pending["batch"], self.pending["video_tokens"] = batch, video_tokens
+
+    def flush_counts(self) -> None:
+        """Add the pending counts to the current record (called by the step tracker around each call)."""
+        pending, self.pending = self.pending, {}
         rec = self.current
-        if rec is not None:
-            setattr(rec, kind, getattr(rec, kind) + int(n))
+        if rec is None:
+            return
+        for kind, n in pending.items():
+            if kind in ("batch", "video_tokens"):
+                setattr(rec, kind, int(n))
+            else:
+                setattr(rec, kind, getattr(rec, kind) + int(n))
 
     def reset_records(self) -> None:
         """Start the statistics of a new pipeline call: records describe the last call only."""
+        self.pending = {}
         self.records.clear()
         self.masks = defaultdict(dict)
 
     def summary(self) -> dict[str, Any]:
         """Per-step token counts, summed over CFG branches: what ran, not what was skipped."""
+        self.flush_counts()
         steps: dict[int, dict[str, Any]] = {}
         for r in self.records:
             s = steps.setdefault(r.step, dict(step=r.step, budget=r.budget, calls=0, attention_queries=0,

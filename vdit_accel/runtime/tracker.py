@@ -148,6 +148,9 @@ class StepTrackerHook(ModelHook):
             return args[self._timestep_pos]
         return None
 
+    # Python bookkeeping (timestep -> step with .item(), schedule, records, per-call cache choices) stays out of
+    # torch.compile: traced, every step number and record count would become a guard and recompile each call.
+    @torch.compiler.disable
     def pre_forward(self, module, *args, **kwargs):
         if getattr(module, "_cache_config", None) is not None:
             raise RuntimeError(
@@ -192,8 +195,16 @@ class StepTrackerHook(ModelHook):
         self._seen.add((step, context))
         rt.step, rt.num_steps = step, num_steps
         rt.context = context
+        rt.flush_counts()
         rt.records.append(StepRecord(step=step, context=rt.context, budget=rt.budget, batch=0))
+        for prepare in rt.call_preparers:
+            prepare()
         return args, kwargs
+
+    @torch.compiler.disable
+    def post_forward(self, module, output):
+        self.runtime.flush_counts()
+        return output
 
     def _dense_fraction(self, module, n_text: int) -> float:
         f, h, w = self.runtime.grid
