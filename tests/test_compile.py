@@ -6,10 +6,13 @@ Run: OMP_NUM_THREADS=1 python -m pytest tests/test_compile.py -q   (about a minu
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.testing
+from diffusers.models.attention_dispatch import AttentionBackendName
 
 import vdit_accel
 from vdit_accel import TokenSelectionConfig, testing
@@ -106,3 +109,59 @@ def test_bucketed_counts():
     assert selected_count(1000, 0.05, TokenSelectionConfig(token_buckets=16)) == 63  # ceil(1/16 · 1000)
     with pytest.raises(ValueError, match="token_buckets"):
         TokenSelectionConfig(token_buckets=0)
+
+
+def test_compile_then_enable_in_place_works_and_disable_restores_the_compiled_dense_output():
+    pipe = testing.build_tiny_wan_pipeline(num_layers=1)
+    schedule = [1.0, 0.5, 0.4]
+    pipe.enable_acceleration(schedule=schedule)
+    eager = _run(pipe, len(schedule))
+    pipe.disable_acceleration()
+    pipe.transformer.compile(backend="inductor")
+    dense = _run(pipe, len(schedule))
+    pipe.enable_acceleration(schedule=schedule)  # hooks installed under the compiled module: dynamo retraces
+    torch.testing.assert_close(_run(pipe, len(schedule)), eager, rtol=0, atol=1e-4)
+    assert vdit_accel.summary(pipe)["steps"][1]["attention_queries"] == 16  # 16 video tokens x 2 CFG calls x 0.5
+    pipe.disable_acceleration()
+    torch.testing.assert_close(_run(pipe, len(schedule)), dense, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------ the user's attention backend
+def test_backend_without_lse_falls_back_logged_once_naming_it(caplog):
+    pipe = testing.build_tiny_wan_pipeline(num_layers=1)
+    schedule = [1.0, 0.5]
+    pipe.enable_acceleration(schedule=schedule)
+    default = _run(pipe, 2)
+    pipe.transformer.set_attention_backend("_native_math")  # PyTorch's math SDPA: no log-sum-exp
+    with caplog.at_level(logging.INFO, logger="vdit_accel.kernels.dispatch"):
+        eager = _run(pipe, 2)
+        pipe.transformer.compile(backend="inductor")
+        compiled = _run(pipe, 2)
+    named = [r.getMessage() for r in caplog.records if "'_native_math'" in r.getMessage()]
+    assert len(named) == 1 and "set_attention_backend" in named[0] and "'sdpa'" in named[0], named
+    torch.testing.assert_close(eager, default, rtol=0, atol=1e-5)
+    torch.testing.assert_close(compiled, default, rtol=0, atol=1e-4)
+
+
+def test_backend_with_lse_goes_through_diffusers_dispatcher(monkeypatch):
+    # flash-attn needs CUDA; the dispatcher is replaced by the reference so the plumbing (backend name, return_lse,
+    # the [B, H, S] -> [B, S, H] LSE layout of flash) is checked on CPU.
+    import diffusers.models.attention_dispatch as dispatch
+
+    from vdit_accel.kernels import naive_query_sparse_attention, query_sparse_attention
+
+    calls = []
+
+    def fake_dispatch(q, k, v, scale=None, attention_kwargs=None, backend=None, **_):
+        calls.append((backend, attention_kwargs))
+        out, lse = naive_query_sparse_attention(q, k, v, None, scale)
+        return out, lse.transpose(1, 2)  # flash_attn_func's softmax_lse layout
+
+    monkeypatch.setattr(dispatch, "dispatch_attention_fn", fake_dispatch)
+    q, k, v = torch.randn(2, 5, 3, 16), torch.randn(2, 11, 3, 16), torch.randn(2, 11, 3, 16)
+    index = torch.tensor([[0, 2, 4], [1, 2, 3]])
+    out, lse = query_sparse_attention(q, k, v, index, attention_backend=AttentionBackendName.FLASH)
+    ref_out, ref_lse = naive_query_sparse_attention(q, k, v, index)
+    assert calls == [("flash", {"return_lse": True})]
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(lse, ref_lse)
