@@ -3,7 +3,7 @@
 ``TokenSelectionConfig.token_buckets = T`` rounds the budget up to a multiple of ``1/T`` before it becomes a count:
 ``k = ceil(ceil(θ·T)/T · N)``. A run then uses at most ``T`` distinct counts per resolution whatever its schedule,
 so a compiled transformer sees at most ``T`` distinct shapes (and, since the rounded budget reaches the block as a
-tensor size, torch.compile's automatic dynamic shapes fold them into one graph after the second). The default
+tensor size marked dynamic, torch.compile folds them all into one graph). The default
 ``T = 20`` keeps the budgets people write (multiples of 0.05: 0.4, 0.5, 0.7, ...) exact and costs at most ``N/20``
 extra tokens per block for other budgets. ``token_buckets=None`` is the exact ``ceil(θ·N)``, one compiled graph per
 distinct budget.
@@ -39,13 +39,16 @@ def budget_size_hint(budget: float, cfg, previous: torch.Tensor | None = None) -
     """An empty ``[steps, 0]`` tensor whose length carries the rounded budget into the block (``None`` with
     ``token_buckets=None``).
 
-    torch.compile specialises on Python numbers read from objects (one graph per budget), but treats a size that
-    changes between calls as dynamic: the second distinct budget recompiles once with a symbolic count, and every
-    later budget reuses that graph. ``previous`` is returned when it already has the right length.
+    torch.compile specialises on Python numbers read from objects (one graph per budget), but a size marked dynamic
+    is a symbol: the first sparse call compiles one graph with a symbolic token count and every later budget reuses
+    it (``compile(dynamic=False)`` gives one graph per bucket instead). ``previous`` is returned when it already has
+    the right length.
     """
     if cfg.token_buckets is None:
         return None
     steps = budget_steps(budget, cfg.token_buckets)
     if previous is not None and previous.shape[0] == steps:
         return previous
-    return torch.empty(steps, 0)
+    hint = torch.empty(steps, 0)
+    torch._dynamo.maybe_mark_dynamic(hint, 0)
+    return hint
