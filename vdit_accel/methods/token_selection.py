@@ -143,11 +143,13 @@ class TokenSelectionBlockHook(ModelHook):
 
     def initialize_hook(self, module):
         self.metadata = TransformerBlockRegistry.get(type(module))
-        self.runtime.call_preparers.append(self.prepare_call)
+        if self.prepare_call not in self.runtime.call_preparers:  # re-registered (parallel reorders hooks)
+            self.runtime.call_preparers.append(self.prepare_call)
         return module
 
-    def deinitialize_hook(self, module):
-        self.runtime.call_preparers.remove(self.prepare_call)
+    def deinitalize_hook(self, module):  # diffusers' spelling: HookRegistry.remove_hook calls `deinitalize_hook`
+        if self.prepare_call in self.runtime.call_preparers:
+            self.runtime.call_preparers.remove(self.prepare_call)
         return module
 
     @torch.compiler.disable
