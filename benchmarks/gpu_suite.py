@@ -45,7 +45,7 @@ TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, 
 FULL = SimpleNamespace(model=WAN13B, layers=30, latent=(1, 16, 21, 60, 104), text=512, tokens=32760, heads=12,
                        head_dim=128, dtype=torch.bfloat16, warmup=2, repeats=3, loop_steps=10, backend="inductor")
 DRY = SimpleNamespace(model=TINY, layers=2, latent=(1, 16, 3, 8, 8), text=8, tokens=256, heads=2, head_dim=32,
-                      dtype=torch.float32, warmup=1, repeats=1, loop_steps=4, backend="eager")
+                      dtype=torch.bfloat16, warmup=1, repeats=1, loop_steps=4, backend="eager")
 THETAS = (0.7, 0.5, 0.4)
 PRESETS = (2.0, 3.0)
 PRESET_STEPS = 50
@@ -94,8 +94,15 @@ def build(shape, device):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    model = WanTransformer3DModel(num_layers=shape.layers, **shape.model).eval()
-    return model.to(device=device, dtype=shape.dtype)
+    model = WanTransformer3DModel(num_layers=shape.layers, **shape.model).eval().to(device)
+    if shape.dtype == torch.float32:
+        return model
+    # as from_pretrained(torch_dtype=...) loads it: the class's _keep_in_fp32_modules (norms, rope, ...) stay fp32
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        if not keep.intersection(name.split(".")):
+            param.data = param.data.to(shape.dtype)
+    return model
 
 
 def call_inputs(shape, device, step: int = 0) -> dict:

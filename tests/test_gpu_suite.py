@@ -23,4 +23,5 @@ def test_gpu_suite_dry_run(tmp_path):
     assert set(res["caches"]["rows"]) == {"dense", "FirstBlockCache (threshold=0.1)",
                                           "TaylorSeer (interval=2, order=1)", "vdit-accel (speedup=2.0)"}
     md = (tmp_path / "gpu_cpu_dry_run.md").read_text()
+    assert res["kernel"]["dtype"] == "torch.bfloat16"  # the GPU run's dtype, mixed with fp32 norms as loaded
     assert "(a) Query-sparse" in md and "compiled (eager)" in md and "(c) Caches" in md
