@@ -141,7 +141,8 @@ def markdown(r: dict) -> str:
         e, c = row["eager"], row["compiled"]
         lines.append(f"| {row['theta']} | {row['ideal']:.2f} | {e['wall']:.2f} / {e['cpu']:.2f} | "
                      f"{e['cpu_speedup']:.2f} | {e['cpu_speedup'] / row['ideal']:.2f} | "
-                     f"{c['wall']:.2f} / {c['cpu']:.2f} | {c['cpu_speedup']:.2f} | {c['cpu_speedup'] / row['ideal']:.2f} |")
+                     f"{c['wall']:.2f} / {c['cpu']:.2f} | {c['cpu_speedup']:.2f} | "
+                     f"{c['cpu_speedup'] / row['ideal']:.2f} |")
     return "\n".join(lines)
 
 
