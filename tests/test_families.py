@@ -73,6 +73,10 @@ FAMILIES = {
         Family("ltx", testing.build_tiny_ltx_pipeline, dict(height=32, width=32, num_frames=9, max_sequence_length=16),
                dict(guidance_scale=3.0, negative_prompt="blurry"), dict(guidance_scale=1.0), cfg_calls=1, tokens=192,
                text_mask=True),
+        Family("ltx_condition", testing.build_tiny_ltx_condition_pipeline,
+               dict(height=32, width=32, num_frames=9, max_sequence_length=16),
+               dict(guidance_scale=3.0, negative_prompt="blurry"), dict(guidance_scale=1.0), cfg_calls=1, tokens=192,
+               text_mask=True),
         Family("mochi", testing.build_tiny_mochi_pipeline,
                dict(height=32, width=32, num_frames=7, max_sequence_length=16),
                dict(guidance_scale=4.5, negative_prompt="blurry"), dict(guidance_scale=1.0), cfg_calls=1, tokens=8,
@@ -167,7 +171,7 @@ def test_half_budget_halves_token_counts(family):
                 assert expected < s["dense_tokens"]
             assert s["attention_queries"] == expected, (expert, s)
             assert s["ffn_tokens"] == expected, (expert, s)
-            has_cross = family.startswith("wan") or family == "ltx"
+            has_cross = family.startswith(("wan", "ltx"))
             assert s["cross_attention_tokens"] == (expected if has_cross else 0), (expert, s)
     assert sorted(seen_steps) == list(range(STEPS))
 
@@ -363,6 +367,29 @@ def test_ltx_grid_comes_from_forward_kwargs():
     with pytest.raises(ValueError, match="num_frames"):
         pipe.transformer(hidden_states=torch.randn(1, f * h * w, 8), encoder_hidden_states=torch.randn(1, 4, 32),
                          timestep=torch.tensor([500]), encoder_attention_mask=torch.ones(1, 4))
+
+
+def test_ltx_condition_grid_comes_from_video_coords_with_prepended_condition_frames():
+    """``LTXConditionPipeline`` passes ``video_coords`` (no ``num_frames``/``height``/``width``); an image condition at
+    ``frame_index > 0`` prepends one latent frame of tokens. The grid counts it, budget 1.0 equals dense and budget
+    0.5 halves the queries."""
+    pipe = _pipe("ltx_condition")
+    kwargs = FAMILIES["ltx_condition"].kwargs(True, image=_image(), frame_index=4)
+    dense = _run(pipe, kwargs)
+    pipe.enable_acceleration(schedule=[1.0] * STEPS)
+    full = _run(pipe, kwargs)
+    rt = vdit_accel.get_runtime(pipe)
+    assert rt.grid == (4, 8, 8) and rt.records[0].video_tokens == 256  # 3 video frames + 1 conditioning frame
+    torch.testing.assert_close(full, dense, rtol=1e-4, atol=1e-5)
+    pipe.disable_acceleration()
+    pipe.enable_acceleration(schedule=HALF)
+    _run(pipe, kwargs)
+    step = vdit_accel.summary(pipe)["steps"][1]
+    assert step["attention_queries"] * 2 == step["dense_tokens"] > 0
+    with pytest.raises(ValueError, match="video_coords"):
+        pipe.transformer(hidden_states=torch.randn(1, 10, 8), encoder_hidden_states=torch.randn(1, 4, 32),
+                         timestep=torch.tensor([500]), encoder_attention_mask=torch.ones(1, 4),
+                         video_coords=torch.stack([torch.zeros(10), torch.arange(10) % 2, torch.arange(10) // 5])[None])
 
 
 def test_unsupported_transformer_names_supported_families():

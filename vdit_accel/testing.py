@@ -180,6 +180,15 @@ def build_tiny_ltx_pipeline(num_layers: int = 2):
                        tokenizer=tokenizer, transformer=transformer)
 
 
+def build_tiny_ltx_condition_pipeline(num_layers: int = 2):
+    """Tiny ``LTXConditionPipeline`` (LTX-Video 0.9.5+): the transformer gets ``video_coords`` instead of
+    ``num_frames``/``height``/``width``; an ``image`` or ``video`` condition at ``frame_index > 0`` prepends its latent
+    frames to the token sequence. Same components as :func:`build_tiny_ltx_pipeline`."""
+    from diffusers import LTXConditionPipeline
+
+    return LTXConditionPipeline(**build_tiny_ltx_pipeline(num_layers).components)
+
+
 def build_tiny_mochi_pipeline(num_layers: int = 2):
     """Tiny ``MochiPipeline`` (call with height/width multiples of 16 and ``num_frames = 6k + 1``). RoPE frequencies
     stay random (diffusers' test zeroes them, which would make RoPE the identity)."""
