@@ -46,17 +46,23 @@ class Family:
     def kwargs(self, cfg: bool, prompt="a red car", **extra):
         kw = dict(self.call, **(self.cfg if cfg else self.no_cfg))
         kw.update(prompt=prompt, num_inference_steps=STEPS, output_type="latent")
-        if self.name in ("wan_i2v", "wan22_i2v"):  # the I2V pipeline cleans prompts with ftfy: pass embeddings
+        if self.name in _FTFY:  # these pipelines clean prompts with ftfy: pass embeddings
             pipe = _pipe(self.name)
             prompts = [prompt] if isinstance(prompt, str) else prompt
             kw.pop("prompt")
             kw["prompt_embeds"] = testing.wan_prompt_embeds(pipe, prompts)
             kw["negative_prompt_embeds"] = testing.wan_prompt_embeds(pipe, [""] * len(prompts)) if cfg else None
-            kw["image"] = _image()
+            if self.name == "skyreels_v2":
+                pass
+            elif self.name == "wan_vace":
+                kw["video"], kw["mask"] = [_image(1)] * 9, [Image.new("L", (32, 32), 0)] * 9
+            else:
+                kw["image"] = _image()
         kw.update(extra)
         return kw
 
 
+_FTFY = ("wan_i2v", "wan22_i2v", "wan_vace", "chronoedit", "skyreels_v2")
 _WAN_CALL = dict(height=32, width=32, num_frames=9, max_sequence_length=16)
 FAMILIES = {
     f.name: f
@@ -89,6 +95,12 @@ FAMILIES = {
                dict(guidance_scale=5.0, negative_prompt="blurry"), dict(guidance_scale=1.0), cfg_calls=2, tokens=12),
         Family("wan22_i2v", testing.build_tiny_wan22_i2v_pipeline, dict(height=32, width=32, num_frames=9),
                dict(guidance_scale=5.0), dict(guidance_scale=1.0), cfg_calls=2, tokens=12),
+        Family("wan_vace", testing.build_tiny_wan_vace_pipeline, dict(height=32, width=32, num_frames=9),
+               dict(guidance_scale=5.0), dict(guidance_scale=1.0), cfg_calls=2, tokens=12),
+        Family("chronoedit", testing.build_tiny_chronoedit_pipeline, dict(height=32, width=32, num_frames=5),
+               dict(guidance_scale=5.0), dict(guidance_scale=1.0), cfg_calls=2, tokens=8),
+        Family("skyreels_v2", testing.build_tiny_skyreels_v2_pipeline, _WAN_CALL, dict(guidance_scale=5.0),
+               dict(guidance_scale=1.0), cfg_calls=2, tokens=12),
     ]
 }
 _PIPES: dict[str, object] = {}
@@ -102,8 +114,13 @@ def _pipe(name):
     return _PIPES[name]
 
 
+# WanVACEPipeline does not batch (one control video, one generator; diffusers skips its batch tests too)
+_NO_BATCH = ("WanVACEPipeline",)
+
+
 def _run(pipe, kwargs, seed=0):
-    gen = [torch.Generator().manual_seed(seed + i) for i in range(_batch(kwargs))]
+    n = 1 if type(pipe).__name__ in _NO_BATCH else _batch(kwargs)
+    gen = [torch.Generator().manual_seed(seed + i) for i in range(n)]
     with torch.no_grad():
         return pipe(**kwargs, generator=gen if len(gen) > 1 else gen[0]).frames
 
@@ -171,7 +188,7 @@ def test_half_budget_halves_token_counts(family):
                 assert expected < s["dense_tokens"]
             assert s["attention_queries"] == expected, (expert, s)
             assert s["ffn_tokens"] == expected, (expert, s)
-            has_cross = family.startswith(("wan", "ltx"))
+            has_cross = family not in ("cogvideox", "hunyuan_video", "mochi")  # joint attention: no cross-attn
             assert s["cross_attention_tokens"] == (expected if has_cross else 0), (expert, s)
     assert sorted(seen_steps) == list(range(STEPS))
 
@@ -217,8 +234,9 @@ def test_selected_tokens_equal_the_dense_block(family):
     pipe.enable_acceleration(schedule=HALF)
     captured, handles = _capture_blocks(
         [(getattr(pipe, e), vdit_accel.get_runtime(pipe, e)) for e in _experts(pipe)])
+    prompts = ["a red car", "a small blue robot dancing on the beach at night"]
     try:
-        _run(pipe, fam.kwargs(True, prompt=["a red car", "a small blue robot dancing on the beach at night"]))
+        _run(pipe, fam.kwargs(True, prompt=prompts[:1] if type(pipe).__name__ in _NO_BATCH else prompts))
     finally:
         for h in handles:
             h.remove()
@@ -267,12 +285,53 @@ def test_hunyuan_video_token_replace_blocks():
     assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
 
 
+def test_skyreels_v2_diffusion_forcing_causal_mask():
+    """SkyReels-V2 diffusion forcing at transformer level: per-frame timesteps ``[B, F']`` and a block-causal mask
+    (``num_frame_per_block=2``) take the exact masked path; budget 1.0 equals dense and the selected rows equal the
+    dense blocks."""
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    from vdit_accel.api import accelerate_transformer
+    from vdit_accel.config import AccelerationConfig
+
+    torch.manual_seed(0)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=8, freq_dim=16, ffn_dim=16, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32, num_frame_per_block=2,
+    ).eval()
+    kwargs = dict(timestep=torch.tensor([[900, 900, 500, 500]] * 2), encoder_hidden_states=torch.randn(2, 5, 8),
+                  enable_diffusion_forcing=True, return_dict=False)
+    latents = [torch.randn(2, 4, 4, 4, 4) for _ in range(3)]
+    with torch.no_grad():
+        dense = [transformer(hidden_states=x, **kwargs)[0] for x in latents]
+        config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
+        handle = accelerate_transformer(transformer, config, config.schedule)
+        rt = handle.runtime
+        captured, handles = _capture_blocks([(transformer, rt)])
+        outs = []
+        for i, x in enumerate(latents):
+            vdit_accel.set_step(transformer, i, 3)
+            with transformer.cache_context("cond"):
+                outs.append(transformer(hidden_states=x, **kwargs)[0])
+        for h in handles:
+            h.remove()
+    masks = {id(rt): dict(rt.masks)}
+    steps = vdit_accel.summary(transformer)["steps"]
+    assert [s["attention_queries"] * 2 for s in steps[1:]] == [s["dense_tokens"] for s in steps[1:]]
+    handle.remove()
+    torch.testing.assert_close(outs[0], dense[0], rtol=1e-4, atol=1e-5)
+    assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
+
+
 @pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_batch_of_two_matches_samples_alone(family, cfg):
     """Two different prompts (different valid text lengths) in one call give each sample's own result: selection,
     caches and the per-sample text masks never mix samples."""
     fam, pipe = FAMILIES[family], _pipe(family)
+    if type(pipe).__name__ in _NO_BATCH:
+        pytest.skip(f"{type(pipe).__name__} does not batch (diffusers skips its batch tests too)")
     prompts = ["a red car", "a small blue robot dancing on the beach at night"]
     pipe.enable_acceleration(schedule=HALF)
     both = _run(pipe, fam.kwargs(cfg, prompt=prompts))
@@ -390,6 +449,17 @@ def test_ltx_condition_grid_comes_from_video_coords_with_prepended_condition_fra
         pipe.transformer(hidden_states=torch.randn(1, 10, 8), encoder_hidden_states=torch.randn(1, 4, 32),
                          timestep=torch.tensor([500]), encoder_attention_mask=torch.ones(1, 4),
                          video_coords=torch.stack([torch.zeros(10), torch.arange(10) % 2, torch.arange(10) // 5])[None])
+
+
+def test_pipelines_without_cache_context_keep_one_cache_per_call():
+    """ChronoEdit runs CFG as two calls per step without ``cache_context``: the k-th call of each step gets its own
+    implicit context, so the unconditional call neither resets nor feeds the conditional call's caches."""
+    pipe = _pipe("chronoedit")
+    pipe.enable_acceleration(schedule=HALF)
+    _run(pipe, FAMILIES["chronoedit"].kwargs(True))
+    records = vdit_accel.get_runtime(pipe).records
+    assert [(r.step, r.context) for r in records] == [(s, c) for s in range(STEPS) for c in ("call0", "call1")]
+    assert all(r.attention_queries * 2 == r.video_tokens * r.blocks for r in records if r.step in (1, 2))
 
 
 def test_unsupported_transformer_names_supported_families():

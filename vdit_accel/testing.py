@@ -289,3 +289,71 @@ def build_tiny_wan22_ti2v_pipeline(num_layers: int = 2) -> WanPipeline:
     pipe = build_tiny_wan_pipeline(num_layers)
     return WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
                        scheduler=pipe.scheduler, transformer=pipe.transformer, expand_timesteps=True)
+
+
+def build_tiny_wan_vace_pipeline(num_layers: int = 3):
+    """Tiny ``WanVACEPipeline`` (config of diffusers' ``test_wan_vace.py``: control hints after blocks 0 and 2).
+    It cleans prompts with ``ftfy``: without it, pass :func:`wan_prompt_embeds`."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+
+    pipe = build_tiny_wan_pipeline(1)
+    torch.manual_seed(0)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, vace_layers=[0, num_layers - 1], vace_in_channels=96,
+    )
+    return WanVACEPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                           scheduler=pipe.scheduler, transformer=transformer)
+
+
+def build_tiny_chronoedit_pipeline(num_layers: int = 2):
+    """Tiny ``ChronoEditPipeline`` (config of diffusers' ``test_chronoedit.py``; CLIP vision encoder, image tokens in
+    every ``attn2``). It cleans prompts with ``ftfy``: without it, pass :func:`wan_prompt_embeds`."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    try:  # transformers >= 5 without torchvision: the PIL backend
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import CLIPImageProcessor
+
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel
+
+    pipe = build_tiny_wan_pipeline(1)
+    torch.manual_seed(0)
+    transformer = ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=4,
+    )
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        intermediate_size=16, patch_size=1,
+    )).eval()
+    return ChronoEditPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                              scheduler=pipe.scheduler, transformer=transformer, image_encoder=image_encoder,
+                              image_processor=CLIPImageProcessor(crop_size=32, size=32))
+
+
+def build_tiny_skyreels_v2_pipeline(num_layers: int = 2, diffusion_forcing: bool = False):
+    """Tiny ``SkyReelsV2Pipeline`` (config of diffusers' ``test_skyreels_v2.py``), or with ``diffusion_forcing`` the
+    ``SkyReelsV2DiffusionForcingPipeline`` (per-frame timesteps; ``causal_block_size > 1`` adds a block-causal mask).
+    Both clean prompts with ``ftfy``: without it, pass :func:`wan_prompt_embeds`. The scheduler is flow-matching
+    Euler (diffusers' test uses UniPC, on which the random tiny model's latents grow to ~1e6 within 4 steps)."""
+    from diffusers import (
+        SkyReelsV2DiffusionForcingPipeline,
+        SkyReelsV2Pipeline,
+        SkyReelsV2Transformer3DModel,
+    )
+
+    pipe = build_tiny_wan_pipeline(1)
+    torch.manual_seed(0)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    cls = SkyReelsV2DiffusionForcingPipeline if diffusion_forcing else SkyReelsV2Pipeline
+    return cls(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, transformer=transformer,
+               scheduler=FlowMatchEulerDiscreteScheduler(shift=8.0))

@@ -17,7 +17,7 @@ from .base import ModelAdapter, QuerySparseAttnProcessor, rope_selected
 from .sizes import SizeRules, pipe_factor, video_size_rules
 
 
-def _apply_wan_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_wan_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Wan's interleaved RoPE (same arithmetic as ``WanAttnProcessor``), for ``x`` ``[B, S, H, D]`` and ``cos``/``sin``
     ``[1 or B, S, 1, D]``."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
@@ -48,17 +48,17 @@ class WanQuerySparseAttnProcessor(QuerySparseAttnProcessor):
                 value.unflatten(2, heads)), None
 
     def rope(self, attn, sel, qkv, rotary_emb):
-        return qkv if rotary_emb is None else rope_selected(qkv, sel, rotary_emb, _apply_wan_rope)
+        return qkv if rotary_emb is None else rope_selected(qkv, sel, rotary_emb, apply_wan_rope)
 
 
-def _wan_grid(transformer, args, kwargs):
+def wan_grid(transformer, args, kwargs):
     hs = kwargs.get("hidden_states", args[0] if args else None)
     _, _, f, h, w = hs.shape
     p_t, p_h, p_w = transformer.config.patch_size
     return f // p_t, h // p_h, w // p_w
 
 
-def _wan_rope_groups(transformer):
+def wan_rope_groups(transformer):
     hd = transformer.config.attention_head_dim
     h = w = 2 * (hd // 6)
     return hd - h - w, h, w
@@ -86,8 +86,8 @@ ADAPTER = ModelAdapter(
     self_attention="attn1",
     token_wise={"attn2": "video", "ffn": "video"},
     make_processor=WanQuerySparseAttnProcessor,
-    grid_fn=_wan_grid,
-    rope_groups_fn=_wan_rope_groups,
+    grid_fn=wan_grid,
+    rope_groups_fn=wan_rope_groups,
     cfg_batched=False,
     notes="self-attention query-sparse; cross-attention and FFN on selected tokens; K/V projections dense",
     size_rules=wan_size_rules,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.hooks import ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
 
 from ..cost import block_flops
 from ..schedule import BudgetSchedule
@@ -22,8 +22,14 @@ STEP_TRACKER_HOOK = "vdit_accel_step_tracker"
 
 
 class ContextStateManager(StateManager):
-    """A diffusers ``StateManager`` that falls back to a ``"default"`` context when the pipeline sets none
-    (Allegro, Latte and direct transformer calls do not use ``cache_context``)."""
+    """A diffusers ``StateManager`` that falls back to a ``"default"`` context when no context is set. Under
+    acceleration the step tracker always sets one: the pipeline's ``cache_context``, or an implicit ``call<k>`` per
+    call of a step (Allegro, Latte, ChronoEdit, Cosmos, Kandinsky 5 and direct transformer calls set none)."""
+
+    @property
+    def has_context(self) -> bool:
+        """Whether a context is set (by the pipeline's ``cache_context`` or the tracker's implicit one)."""
+        return self._context is not None
 
     @property
     def context_name(self) -> str:
@@ -135,6 +141,8 @@ class StepTrackerHook(ModelHook):
         self._call_marker = None  # the running scheduler's timesteps tensor: one per pipeline call
         self._last_step = -1
         self._seen: set = set()  # (step, context) of the current call, when there is no marker
+        self._implicit = False  # an implicit context of this call is set (see _open_implicit_context)
+        self._implicit_step, self._implicit_calls = -1, 0
 
     def initialize_hook(self, module):
         params = list(inspect.signature(module.forward).parameters)
@@ -172,6 +180,7 @@ class StepTrackerHook(ModelHook):
                 step, num_steps, marker = resolve_call(timestep, module)
             else:
                 step, num_steps = resolver(timestep)
+        self._open_implicit_context(module, step, marker is not None and marker is not self._call_marker)
         rt.grid = self.adapter.grid(module, args, kwargs)
         text = kwargs.get("encoder_hidden_states")
         n_text = text.shape[1] if torch.is_tensor(text) else 0
@@ -201,9 +210,28 @@ class StepTrackerHook(ModelHook):
             prepare()
         return args, kwargs
 
+    def _open_implicit_context(self, module, step: int, new_call: bool) -> None:
+        """Some pipelines run CFG as two transformer calls per step without ``cache_context`` (ChronoEdit, Cosmos,
+        Kandinsky 5). Sharing one ``"default"`` cache would let the second call reset the first's block caches and
+        the next step reuse the other branch's outputs, so the k-th call of a step gets its own context ``call<k>``
+        (set on every hook under the transformer, as diffusers' ``cache_context`` does, and cleared after the call).
+        """
+        if self._implicit:  # left over from a call that raised before post_forward
+            _set_cache_context(module, None)
+            self._implicit = False
+        if self.state_manager.has_context:
+            return
+        k = self._implicit_calls + 1 if step == self._implicit_step and not new_call else 0
+        self._implicit_step, self._implicit_calls = step, k
+        _set_cache_context(module, CacheContext(f"call{k}"))
+        self._implicit = True
+
     @torch.compiler.disable
     def post_forward(self, module, output):
         self.runtime.flush_counts()
+        if self._implicit:
+            _set_cache_context(module, None)
+            self._implicit = False
         return output
 
     def _dense_fraction(self, module, n_text: int) -> float:
