@@ -4,9 +4,9 @@ Token layout: the pipeline packs the latents to ``[B, F'·H'·W', C]`` before th
 comes from the ``num_frames`` / ``height`` / ``width`` forward arguments (``LTXPipeline``) or from the per-token
 ``video_coords`` (``LTXConditionPipeline``, LTX-Video 0.9.5+, which may prepend conditioning frames, and passes a
 per-token timestep). ``attn1`` is self-attention over video only; RoPE is applied *before* the head split on the
-whole ``inner_dim`` (``(cos, sin)`` each ``[B, S, inner_dim]``, the t/h/w frequencies interleaved channel by channel, so there is no contiguous per-head t/h/w channel split).
-``attn2`` is cross-attention to text with an additive padding bias (untouched: it runs on the selected rows and
-sees every text key with its mask). CFG: one batched call (2B, ``cond_uncond``). diffusers ships a ``_cp_plan``.
+whole ``inner_dim`` (``(cos, sin)`` each ``[B, S, inner_dim]``, the t/h/w frequencies interleaved channel by
+channel, so there is no contiguous per-head t/h/w channel split). ``attn2`` is cross-attention to text with an
+additive padding bias (untouched: it runs on the selected rows and sees every text key with its mask). CFG: one batched call (2B, ``cond_uncond``). diffusers ships a ``_cp_plan``.
 """
 
 from __future__ import annotations
