@@ -6,7 +6,8 @@ comes from the ``num_frames`` / ``height`` / ``width`` forward arguments (``LTXP
 per-token timestep). ``attn1`` is self-attention over video only; RoPE is applied *before* the head split on the
 whole ``inner_dim`` (``(cos, sin)`` each ``[B, S, inner_dim]``, the t/h/w frequencies interleaved channel by
 channel, so there is no contiguous per-head t/h/w channel split). ``attn2`` is cross-attention to text with an
-additive padding bias (untouched: it runs on the selected rows and sees every text key with its mask). CFG: one batched call (2B, ``cond_uncond``). diffusers ships a ``_cp_plan``.
+additive padding bias (untouched: it runs on the selected rows and sees every text key with its mask).
+CFG: one batched call (2B, ``cond_uncond``). diffusers ships a ``_cp_plan``.
 """
 
 from __future__ import annotations
