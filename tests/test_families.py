@@ -54,6 +54,9 @@ class Family:
             kw["negative_prompt_embeds"] = testing.wan_prompt_embeds(pipe, [""] * len(prompts)) if cfg else None
             if self.name == "skyreels_v2":
                 pass
+            elif self.name == "wan_animate":
+                kw["image"], kw["pose_video"] = _image(), [_image(1)] * 9
+                kw["face_video"] = [_image(2).resize((16, 16))] * 9
             elif self.name == "wan_vace":
                 kw["video"], kw["mask"] = [_image(1)] * 9, [Image.new("L", (32, 32), 0)] * 9
             else:
@@ -62,7 +65,7 @@ class Family:
         return kw
 
 
-_FTFY = ("wan_i2v", "wan22_i2v", "wan_vace", "chronoedit", "skyreels_v2")
+_FTFY = ("wan_i2v", "wan22_i2v", "wan_vace", "chronoedit", "skyreels_v2", "wan_animate")
 _WAN_CALL = dict(height=32, width=32, num_frames=9, max_sequence_length=16)
 FAMILIES = {
     f.name: f
@@ -101,6 +104,9 @@ FAMILIES = {
                dict(guidance_scale=5.0), dict(guidance_scale=1.0), cfg_calls=2, tokens=8),
         Family("skyreels_v2", testing.build_tiny_skyreels_v2_pipeline, _WAN_CALL, dict(guidance_scale=5.0),
                dict(guidance_scale=1.0), cfg_calls=2, tokens=12),
+        Family("wan_animate", testing.build_tiny_wan_animate_pipeline,
+               dict(height=32, width=32, segment_frame_length=9, mode="animate", prev_segment_conditioning_frames=1),
+               dict(guidance_scale=5.0), dict(guidance_scale=1.0), cfg_calls=2, tokens=16),
     ]
 }
 _PIPES: dict[str, object] = {}

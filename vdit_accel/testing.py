@@ -357,3 +357,36 @@ def build_tiny_skyreels_v2_pipeline(num_layers: int = 2, diffusion_forcing: bool
     cls = SkyReelsV2DiffusionForcingPipeline if diffusion_forcing else SkyReelsV2Pipeline
     return cls(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, transformer=transformer,
                scheduler=FlowMatchEulerDiscreteScheduler(shift=8.0))
+
+
+def build_tiny_wan_animate_pipeline(num_layers: int = 2):
+    """Tiny ``WanAnimatePipeline`` (config of diffusers' ``test_wan_animate.py``: motion and face encoders, face
+    adapter after every second block). Call it with ``image``, ``pose_video`` and ``face_video`` (PIL frames); it
+    cleans prompts with ``ftfy``: without it, pass :func:`wan_prompt_embeds`."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    try:  # transformers >= 5 without torchvision: the PIL backend
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import CLIPImageProcessor
+
+    from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
+
+    pipe = build_tiny_wan_pipeline(1)
+    torch.manual_seed(0)
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, latent_channels=16,
+        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", image_dim=4, rope_max_seq_len=32,
+        motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16, motion_style_dim=8,
+        motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16, face_encoder_num_heads=2,
+        inject_face_latents_blocks=2,
+    )
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=4,
+        intermediate_size=16, patch_size=1,
+    )).eval()
+    return WanAnimatePipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                              scheduler=pipe.scheduler, transformer=transformer, image_encoder=image_encoder,
+                              image_processor=CLIPImageProcessor(crop_size=4, size=4))

@@ -13,7 +13,7 @@ import torch
 from .base import BlockFlops, ModelAdapter, QuerySparseAttnProcessor, QuerySparseProcessorBase
 from .sizes import SizeRules
 
-_FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi", "wan_vace", "chronoedit", "skyreels_v2")
+_FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi", "wan_vace", "chronoedit", "skyreels_v2", "wan_animate")
 _REGISTRY: dict[type, ModelAdapter] = {}
 
 
