@@ -390,3 +390,35 @@ def build_tiny_wan_animate_pipeline(num_layers: int = 2):
     return WanAnimatePipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
                               scheduler=pipe.scheduler, transformer=transformer, image_encoder=image_encoder,
                               image_processor=CLIPImageProcessor(crop_size=4, size=4))
+
+
+def build_tiny_hunyuan_video_framepack_pipeline(num_layers: int = 1, num_single_layers: int = 1):
+    """Tiny ``HunyuanVideoFramepackPipeline`` (config of diffusers' ``test_hunyuan_video_framepack.py``; text encoders
+    as :func:`build_tiny_hunyuan_video_pipeline`, a tiny SigLIP image encoder). Call it with an ``image``,
+    ``prompt_template={"template": "{}", "crop_start": 0}`` and ``latent_window_size``."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    try:  # transformers >= 5 without torchvision: the PIL backend
+        from transformers import SiglipImageProcessorPil as SiglipImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import SiglipImageProcessor
+
+    from diffusers import HunyuanVideoFramepackPipeline, HunyuanVideoFramepackTransformer3DModel
+
+    base = build_tiny_hunyuan_video_pipeline(1, 1)
+    torch.manual_seed(0)
+    transformer = HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=num_layers,
+        num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=2, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+        image_condition_type=None, has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True,
+    )
+    torch.manual_seed(0)
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=30, patch_size=2,
+    )).eval()
+    return HunyuanVideoFramepackPipeline(
+        text_encoder=base.text_encoder, tokenizer=base.tokenizer, transformer=transformer, vae=base.vae,
+        scheduler=base.scheduler, text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2,
+        image_encoder=image_encoder, feature_extractor=SiglipImageProcessor(size={"height": 30, "width": 30}),
+    )

@@ -13,7 +13,8 @@ import torch
 from .base import BlockFlops, ModelAdapter, QuerySparseAttnProcessor, QuerySparseProcessorBase
 from .sizes import SizeRules
 
-_FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi", "wan_vace", "chronoedit", "skyreels_v2", "wan_animate")
+_FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi", "wan_vace", "chronoedit", "skyreels_v2",
+                   "wan_animate", "hunyuan_video_framepack")
 _REGISTRY: dict[type, ModelAdapter] = {}
 
 
