@@ -498,6 +498,24 @@ def test_unsupported_transformer_names_supported_families():
     assert getattr(pipe.transformer, "_diffusers_hook", None) is None  # nothing was installed
 
 
+def test_refused_transformers_name_the_reason():
+    """Families refused on purpose raise before anything is installed, naming the class and why."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    from vdit_accel.adapters import get_adapter
+    from vdit_accel.adapters.refused import REFUSED
+
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=1, caption_channels=16,
+    )
+    with pytest.raises(ValueError, match="LTX2VideoTransformer3DModel: every block couples the video and audio"):
+        get_adapter(transformer)
+    assert getattr(transformer, "_diffusers_hook", None) is None
+    assert not set(REFUSED) & set(supported_transformers())
+
+
 @pytest.mark.parametrize("family", ["hunyuan_video", "mochi"])
 def test_context_parallel_plan_splits_the_tokens_it_names(family):
     """The adapters' context-parallel plans (``cp_plan``, for families diffusers has none for) name real

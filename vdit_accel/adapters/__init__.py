@@ -12,6 +12,7 @@ import torch
 
 from .base import BlockFlops, ModelAdapter, QuerySparseAttnProcessor, QuerySparseProcessorBase
 from .sizes import SizeRules
+from .refused import REFUSED
 
 _FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi", "wan_vace", "chronoedit", "skyreels_v2",
                    "wan_animate", "hunyuan_video_framepack")
@@ -41,6 +42,10 @@ def get_adapter(transformer: torch.nn.Module) -> ModelAdapter:
     """The adapter for ``transformer``'s exact class; raises with the supported list otherwise."""
     _load_all()
     adapter = _REGISTRY.get(type(transformer))
+    name = type(transformer).__name__
+    if adapter is None and name in REFUSED:
+        raise ValueError(f"vdit-accel does not support {name}: {REFUSED[name]}. Supported transformers: "
+                         f"{', '.join(supported_transformers())}.")
     if adapter is None:
         raise ValueError(
             f"vdit-accel does not support {type(transformer).__name__}. Supported transformers: "
