@@ -32,6 +32,12 @@ def _load_all() -> None:
         register_adapter(importlib.import_module(f".{name}", __name__).ADAPTER)
 
 
+def registered_adapters() -> list[ModelAdapter]:
+    """Every registered adapter, the shipped families first in registry order."""
+    _load_all()
+    return list(_REGISTRY.values())
+
+
 def supported_transformers() -> list[str]:
     """Class names of the supported transformers."""
     _load_all()
@@ -55,4 +61,4 @@ def get_adapter(transformer: torch.nn.Module) -> ModelAdapter:
 
 
 __all__ = ["BlockFlops", "ModelAdapter", "QuerySparseAttnProcessor", "QuerySparseProcessorBase", "SizeRules",
-           "get_adapter", "register_adapter", "supported_transformers"]
+           "get_adapter", "register_adapter", "registered_adapters", "supported_transformers"]

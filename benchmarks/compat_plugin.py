@@ -1,0 +1,73 @@
+"""pytest plugin for ``benchmarks/compat_suite.py``: forces vdit-accel acceleration on every diffusers pipeline the
+tests run, in the mode named by ``VDIT_COMPAT_MODE``.
+
+    VDIT_COMPAT_MODE=budget1 python -m pytest -p compat_plugin <diffusers tests>   # benchmarks/ on PYTHONPATH
+
+Modes: ``off`` (acceleration never enabled: the baseline), ``budget1`` (budget 1.0 at every step: the accelerated
+code path, dense), ``default`` (``pipe.enable_acceleration()``), ``speedup2`` (``enable_acceleration(speedup=2)``).
+
+Every pipeline opens its denoising loop with ``self.progress_bar(...)``, after the prompts are encoded and the
+scheduler's timesteps are set and before the first transformer call; the plugin enables acceleration there (once
+per pipeline object; it stays on for later calls). Errors from ``enable_acceleration`` propagate, so a refusal (a
+diffusers cache already enabled, an unsupported transformer) fails the test with vdit-accel's own message. Each
+enabling is logged to ``VDIT_COMPAT_LOG`` (JSON lines: test id, pipeline, outcome) for the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+MODES = {
+    "off": None,
+    "budget1": lambda pipe: pipe.enable_acceleration(schedule=_dense()),
+    "default": lambda pipe: pipe.enable_acceleration(),
+    "speedup2": lambda pipe: pipe.enable_acceleration(speedup=2.0),
+}
+_current_test = {"id": None}
+
+
+def _dense():
+    from vdit_accel.schedule import BudgetSchedule
+
+    return BudgetSchedule.dense()
+
+
+def _log(record: dict) -> None:
+    path = os.environ.get("VDIT_COMPAT_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def pytest_configure(config):
+    mode = os.environ.get("VDIT_COMPAT_MODE", "budget1")
+    if mode not in MODES:
+        raise pytest.UsageError(f"VDIT_COMPAT_MODE must be one of {sorted(MODES)}, got {mode!r}")
+    enable = MODES[mode]
+    if enable is None:
+        return
+    import vdit_accel  # registers pipe.enable_acceleration on DiffusionPipeline
+    from diffusers import DiffusionPipeline
+
+    original = DiffusionPipeline.progress_bar
+
+    def progress_bar(self, *args, **kwargs):
+        if getattr(self, "transformer", None) is not None or getattr(self, "transformer_2", None) is not None:
+            if not vdit_accel.is_accelerated(self):
+                try:
+                    enable(self)
+                except Exception as err:
+                    _log({"test": _current_test["id"], "pipeline": type(self).__name__, "error": repr(err)[:300]})
+                    raise
+                _log({"test": _current_test["id"], "pipeline": type(self).__name__, "accelerated": True})
+        return original(self, *args, **kwargs)
+
+    DiffusionPipeline.progress_bar = progress_bar
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _current_test["id"] = item.nodeid
