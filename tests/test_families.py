@@ -336,6 +336,52 @@ def test_skyreels_v2_diffusion_forcing_causal_mask():
     assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
 
 
+@pytest.mark.parametrize("per_frame_timestep", [False, True], ids=["timestep", "per-frame-timestep"])
+def test_cosmos_transformer(per_frame_timestep):
+    """Cosmos at transformer level (its pipelines need the Cosmos guardrail and torchvision), two calls per step
+    without ``cache_context`` as its pipelines make them: budget 1.0 equals dense, budget 0.5 halves the queries of
+    both calls, and the selected rows equal the dense blocks (heads-first RoPE, learnable positional embedding,
+    per-frame timestep modulation of video-to-world)."""
+    from diffusers import CosmosTransformer3DModel
+
+    from vdit_accel.api import accelerate_transformer
+    from vdit_accel.config import AccelerationConfig
+
+    torch.manual_seed(0)
+    transformer = CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
+        text_embed_dim=8, adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), concat_padding_mask=False,
+        extra_pos_embed_type="learnable",
+    ).eval()
+    t = torch.tensor([500.0, 500.0])
+    timestep = t.view(2, 1, 1, 1, 1).repeat(1, 1, 3, 1, 1) if per_frame_timestep else t
+    if per_frame_timestep:
+        timestep[:, :, 0] = 0.0  # a conditioning frame
+    text = [torch.randn(2, 5, 8), torch.randn(2, 5, 8)]  # conditional, unconditional
+    latents = [torch.randn(2, 4, 3, 8, 8) for _ in range(3)]
+    with torch.no_grad():
+        dense = [[transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=e, return_dict=False)[0]
+                  for e in text] for x in latents]
+        config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
+        handle = accelerate_transformer(transformer, config, config.schedule)
+        rt = handle.runtime
+        captured, handles = _capture_blocks([(transformer, rt)])
+        outs = []
+        for i, x in enumerate(latents):
+            vdit_accel.set_step(transformer, i, 3)
+            outs.append([transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=e,
+                                     return_dict=False)[0] for e in text])
+        for h in handles:
+            h.remove()
+    masks = {id(rt): dict(rt.masks)}
+    assert [(r.step, r.context) for r in rt.records] == [(s, c) for s in range(3) for c in ("call0", "call1")]
+    assert all(r.attention_queries * 2 == r.video_tokens * r.blocks * r.batch for r in rt.records if r.step > 0)
+    handle.remove()
+    for a, d in zip(outs[0], dense[0]):
+        torch.testing.assert_close(a, d, rtol=1e-4, atol=1e-5)
+    assert _check_selected_rows_against_dense_blocks(captured, masks) == 8
+
+
 @pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_batch_of_two_matches_samples_alone(family, cfg):

@@ -9,11 +9,6 @@ REFUSED: dict[str, str] = {
         "to nothing) and its pipelines need Qwen2.5-VL and ByT5 text encoders; the query-sparse processor and an "
         "offline test pipeline for it are not written yet"
     ),
-    "CosmosTransformer3DModel": (
-        "its attention runs in a [B, heads, S, D] layout with grouped-query keys and its pipelines need the Cosmos "
-        "guardrail and a T5-11B-style encoder; the query-sparse processor and an offline test pipeline for it are "
-        "not written yet"
-    ),
     "Kandinsky5Transformer3DModel": (
         "its blocks take the visual tokens as a [B, F, H, W, C] grid (optionally reordered for its NABLA block-sparse "
         "attention), not the [B, N, C] token rows token selection gathers from"
