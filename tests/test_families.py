@@ -273,7 +273,7 @@ def test_hunyuan_video_token_replace_blocks():
     ).eval()
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[0, 4:] = 0
-    kwargs = dict(timestep=torch.tensor([500, 500]), encoder_hidden_states=torch.randn(2, 6, 16),
+    kwargs = dict(timestep=torch.tensor([500.0, 500.0]), encoder_hidden_states=torch.randn(2, 6, 16),
                   encoder_attention_mask=mask, pooled_projections=torch.randn(2, 8), return_dict=False)
     latents = [torch.randn(2, 4, 3, 4, 4) for _ in range(3)]
     with torch.no_grad():
@@ -315,6 +315,50 @@ def test_skyreels_v2_diffusion_forcing_causal_mask():
     kwargs = dict(timestep=torch.tensor([[900, 900, 500, 500]] * 2), encoder_hidden_states=torch.randn(2, 5, 8),
                   enable_diffusion_forcing=True, return_dict=False)
     latents = [torch.randn(2, 4, 4, 4, 4) for _ in range(3)]
+    with torch.no_grad():
+        dense = [transformer(hidden_states=x, **kwargs)[0] for x in latents]
+        config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
+        handle = accelerate_transformer(transformer, config, config.schedule)
+        rt = handle.runtime
+        captured, handles = _capture_blocks([(transformer, rt)])
+        outs = []
+        for i, x in enumerate(latents):
+            vdit_accel.set_step(transformer, i, 3)
+            with transformer.cache_context("cond"):
+                outs.append(transformer(hidden_states=x, **kwargs)[0])
+        for h in handles:
+            h.remove()
+    masks = {id(rt): dict(rt.masks)}
+    steps = vdit_accel.summary(transformer)["steps"]
+    assert [s["attention_queries"] * 2 for s in steps[1:]] == [s["dense_tokens"] for s in steps[1:]]
+    handle.remove()
+    torch.testing.assert_close(outs[0], dense[0], rtol=1e-4, atol=1e-5)
+    assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
+
+
+def test_hunyuan_video15_transformer():
+    """HunyuanVideo 1.5 at transformer level (its pipelines need Qwen2.5-VL and ByT5 encoders), two samples with
+    different valid text lengths: budget 1.0 equals dense and the selected video rows and the whole text stream
+    (padded text queries included, which attend to nothing) equal the dense blocks."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    from vdit_accel.api import accelerate_transformer
+    from vdit_accel.config import AccelerationConfig
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32,
+        image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v",
+    ).eval()
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, 3:] = 0
+    mask_2 = torch.ones(2, 4, dtype=torch.long)
+    mask_2[1, 2:] = 0
+    kwargs = dict(timestep=torch.tensor([500.0, 500.0]), encoder_hidden_states=torch.randn(2, 6, 16),
+                  encoder_attention_mask=mask, encoder_hidden_states_2=torch.randn(2, 4, 32),
+                  encoder_attention_mask_2=mask_2, image_embeds=torch.zeros(2, 3, 12), return_dict=False)
+    latents = [torch.randn(2, 9, 3, 4, 4) for _ in range(3)]
     with torch.no_grad():
         dense = [transformer(hidden_states=x, **kwargs)[0] for x in latents]
         config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])

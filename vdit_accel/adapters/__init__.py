@@ -15,7 +15,7 @@ from .sizes import SizeRules
 from .refused import REFUSED
 
 _FAMILY_MODULES = ("wan", "cogvideox", "hunyuan_video", "ltx", "mochi", "wan_vace", "chronoedit", "skyreels_v2",
-                   "wan_animate", "hunyuan_video_framepack", "cosmos")
+                   "wan_animate", "hunyuan_video_framepack", "cosmos", "hunyuan_video15")
 _REGISTRY: dict[type, ModelAdapter] = {}
 
 

@@ -4,11 +4,6 @@
 from __future__ import annotations
 
 REFUSED: dict[str, str] = {
-    "HunyuanVideo15Transformer3DModel": (
-        "its joint attention builds a symmetric [video, text] mask inside the processor (padded text queries attend "
-        "to nothing) and its pipelines need Qwen2.5-VL and ByT5 text encoders; the query-sparse processor and an "
-        "offline test pipeline for it are not written yet"
-    ),
     "Kandinsky5Transformer3DModel": (
         "its blocks take the visual tokens as a [B, F, H, W, C] grid (optionally reordered for its NABLA block-sparse "
         "attention), not the [B, N, C] token rows token selection gathers from"
