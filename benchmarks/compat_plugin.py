@@ -11,12 +11,19 @@ scheduler's timesteps are set and before the first transformer call; the plugin 
 per pipeline object; it stays on for later calls). Errors from ``enable_acceleration`` propagate, so a refusal (a
 diffusers cache already enabled, an unsupported transformer) fails the test with vdit-accel's own message. Each
 enabling is logged to ``VDIT_COMPAT_LOG`` (JSON lines: test id, pipeline, outcome) for the table.
+
+Offline stand-in for an optional dependency: without ``ftfy`` (prompt cleaning), Wan-family pipelines fail with
+``NameError: name 'ftfy' is not defined``; the plugin then gives them an identity ``ftfy.fix_text`` (in every mode,
+the baseline included).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
+import types
 
 import pytest
 
@@ -40,6 +47,30 @@ def _log(record: dict) -> None:
     if path:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _ftfy_standin() -> types.ModuleType | None:
+    if importlib.util.find_spec("ftfy") is not None:
+        return None
+    module = types.ModuleType("ftfy")
+    module.fix_text = lambda text: text  # prompt cleaning only: identity on the tests' ASCII prompts
+    return module
+
+
+_FTFY = _ftfy_standin()
+
+
+def _give_ftfy() -> None:
+    """Diffusers pipeline modules import ``ftfy`` only when it is installed; hand the loaded ones the stand-in."""
+    if _FTFY is None:
+        return
+    for name, module in list(sys.modules.items()):
+        if name.startswith("diffusers.pipelines") and hasattr(module, "basic_clean") and not hasattr(module, "ftfy"):
+            module.ftfy = _FTFY
+
+
+def pytest_collection_finish(session):
+    _give_ftfy()
 
 
 def pytest_configure(config):
@@ -71,3 +102,4 @@ def pytest_configure(config):
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     _current_test["id"] = item.nodeid
+    _give_ftfy()  # pipelines a test imports lazily

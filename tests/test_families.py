@@ -312,6 +312,7 @@ def test_skyreels_v2_diffusion_forcing_causal_mask():
         text_dim=8, freq_dim=16, ffn_dim=16, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32, num_frame_per_block=2,
     ).eval()
+    _assert_template_processor(transformer)
     kwargs = dict(timestep=torch.tensor([[900, 900, 500, 500]] * 2), encoder_hidden_states=torch.randn(2, 5, 8),
                   enable_diffusion_forcing=True, return_dict=False)
     latents = [torch.randn(2, 4, 4, 4, 4) for _ in range(3)]
@@ -336,6 +337,25 @@ def test_skyreels_v2_diffusion_forcing_causal_mask():
     assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
 
 
+def _assert_template_processor(transformer):
+    """The family's query-sparse processor is the template and names exactly the arguments of the family's own
+    processor (diffusers passes a processor only the keyword arguments its ``__call__`` names)."""
+    import inspect
+
+    from vdit_accel.adapters import QuerySparseAttnProcessor, get_adapter
+
+    adapter = get_adapter(transformer)
+    _, module = adapter.self_attention_modules(transformer)[0]
+    assert issubclass(adapter.make_processor, QuerySparseAttnProcessor)
+    ours = list(inspect.signature(adapter.make_processor.__call__).parameters)
+    assert ours == list(inspect.signature(type(module.processor).__call__).parameters)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_processors_are_the_template_with_the_families_signature(family):
+    _assert_template_processor(_pipe(family).transformer)
+
+
 def test_hunyuan_video15_transformer():
     """HunyuanVideo 1.5 at transformer level (its pipelines need Qwen2.5-VL and ByT5 encoders), two samples with
     different valid text lengths: budget 1.0 equals dense and the selected video rows and the whole text stream
@@ -351,6 +371,7 @@ def test_hunyuan_video15_transformer():
         num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32,
         image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v",
     ).eval()
+    _assert_template_processor(transformer)
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[0, 3:] = 0
     mask_2 = torch.ones(2, 4, dtype=torch.long)
@@ -397,6 +418,7 @@ def test_cosmos_transformer(per_frame_timestep):
         text_embed_dim=8, adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), concat_padding_mask=False,
         extra_pos_embed_type="learnable",
     ).eval()
+    _assert_template_processor(transformer)
     t = torch.tensor([500.0, 500.0])
     timestep = t.view(2, 1, 1, 1, 1).repeat(1, 1, 3, 1, 1) if per_frame_timestep else t
     if per_frame_timestep:

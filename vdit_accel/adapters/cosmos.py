@@ -18,39 +18,30 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.models.transformers.transformer_cosmos import CosmosTransformerBlock
 
-from .base import ModelAdapter, QuerySparseProcessorBase, gather_rope_rows
+from .base import ModelAdapter, QuerySparseAttnProcessor, rope_selected
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``apply_rotary_emb(x, (cos, sin), use_real=True, use_real_unbind_dim=-2)`` for ``x`` ``[B, S, H, D]`` and
-    ``cos``/``sin`` ``[1 or B, S, 1, D]`` (same arithmetic as diffusers, which runs it heads-first)."""
+    ``cos``/``sin`` ``[1 or B, S, D]`` (same arithmetic as diffusers, which runs it heads-first)."""
+    cos, sin = cos.unsqueeze(2).to(x.device), sin.unsqueeze(2).to(x.device)
     x_real, x_imag = x.reshape(*x.shape[:-1], 2, -1).unbind(-2)
     x_rotated = torch.cat([-x_imag, x_real], dim=-1)
     return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
-class CosmosQuerySparseAttnProcessor(QuerySparseProcessorBase):
+class CosmosQuerySparseAttnProcessor(QuerySparseAttnProcessor):
     """``attn1`` of ``CosmosTransformerBlock``: queries of the selected tokens only, keys/values of all tokens."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        sel = self.runtime.selection
-        if sel is None or encoder_hidden_states is not None or attention_mask is not None:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        batch, seq_len, _ = hidden_states.shape
-        query = attn.norm_q(attn.to_q(sel.gather(hidden_states)).unflatten(2, (attn.heads, -1)))
-        key = attn.norm_k(attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if image_rotary_emb is not None:
-            cos, sin = (f.to(hidden_states.device) for f in image_rotary_emb)  # [S, D] each
-            key = _rope(key, cos[None, :, None], sin[None, :, None])
-            cos_q = gather_rope_rows(cos.unsqueeze(0), sel.index, batch).unsqueeze(2)
-            sin_q = gather_rope_rows(sin.unsqueeze(0), sel.index, batch).unsqueeze(2)
-            query = _rope(query, cos_q, sin_q)
-        key = key.repeat_interleave(query.shape[2] // key.shape[2], dim=2)  # grouped-query keys, as diffusers
-        value = value.repeat_interleave(query.shape[2] // value.shape[2], dim=2)
-        out = self.attend(sel, query, key, value).flatten(2, 3).type_as(query)
-        out = attn.to_out[1](attn.to_out[0](out))
-        return sel.scatter(out, seq_len)
+        return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def rope(self, attn, sel, qkv, rotary_emb):
+        if rotary_emb is not None:  # (cos, sin), each [S, D]
+            qkv = rope_selected(qkv, sel, rotary_emb, _rope, add_batch_dim=True)
+        q, k, v = qkv
+        # grouped-query keys, as diffusers' processor
+        return q, k.repeat_interleave(q.shape[2] // k.shape[2], dim=2), v.repeat_interleave(q.shape[2] // v.shape[2], 2)
 
 
 def _cosmos_grid(transformer, args, kwargs):

@@ -13,7 +13,7 @@ The packed sequence has no single ``(F', H', W')`` grid (the 2x/4x history is do
 
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
 from math import ceil
 
 from diffusers import HunyuanVideoFramepackTransformer3DModel
@@ -46,7 +46,7 @@ def _framepack_grid(transformer, args, kwargs):
     return 1, 1, _framepack_tokens(transformer, args, kwargs)
 
 
-ADAPTER = replace(
+ADAPTER = dataclasses.replace(
     HUNYUAN_VIDEO,
     name="hunyuan_video_framepack",
     transformer_cls=HunyuanVideoFramepackTransformer3DModel,
@@ -54,5 +54,8 @@ ADAPTER = replace(
     rope_groups_fn=lambda transformer: None,
     notes="as HunyuanVideo; the packed clean/2x/4x history tokens are video tokens (selected and cached); image "
           "tokens computed like the text",
-    extra={},  # HunyuanVideo's context-parallel plan shards `transformer_blocks.0` by the current window: not valid
+    # HunyuanVideo's context-parallel plan splits the RoPE module's output, which Framepack calls once per history
+    # level: it does not apply, and there is no other plan
+    cp_plan=None,
+    cp_text=None,
 )

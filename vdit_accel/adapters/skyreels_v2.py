@@ -18,8 +18,7 @@ from diffusers import SkyReelsV2Transformer3DModel
 from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2TransformerBlock
 
 from ..kernels import query_sparse_attention
-from .base import gather_rope_rows
-from .wan import WanQuerySparseAttnProcessor, apply_wan_rope
+from .wan import WanQuerySparseAttnProcessor
 from .wan_like import wan_like_adapter
 
 
@@ -29,25 +28,13 @@ class SkyReelsV2QuerySparseAttnProcessor(WanQuerySparseAttnProcessor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         sel = self.runtime.selection
         if sel is None or encoder_hidden_states is not None or attention_mask is None:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+            return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         rt = self.runtime
         if rt.qk_transforms or rt.attention_fn is not query_sparse_attention:
             raise RuntimeError("SkyReels-V2 with a causal block size (num_frame_per_block > 1) runs token selection "
                                "only: disable score reuse and context parallelism, or use causal_block_size=1.")
         batch, seq_len, _ = hidden_states.shape
-        if attn.fused_projections:
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-            query = sel.gather(query)
-        else:
-            query, key, value = attn.to_q(sel.gather(hidden_states)), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            cos, sin = rotary_emb
-            query = apply_wan_rope(query, gather_rope_rows(cos, sel.index, batch),
-                                   gather_rope_rows(sin, sel.index, batch))
-            key = apply_wan_rope(key, cos, sin)
+        query, key, value = self.rope(attn, sel, self.project(attn, sel, hidden_states, None)[0], rotary_emb)
         mask = attention_mask.reshape(-1, seq_len, seq_len).expand(batch, -1, -1)  # [B, N, N] bool
         if sel.index is not None:
             mask = mask.gather(1, sel.index.unsqueeze(-1).expand(-1, -1, seq_len))
@@ -58,8 +45,8 @@ class SkyReelsV2QuerySparseAttnProcessor(WanQuerySparseAttnProcessor):
         sel.lse = lse.mean(dim=1)
         rt.count("attention_queries", sel.lse.numel())
         rt.count("attention_keys", sel.num_video * batch)
-        out = out.flatten(2, 3).type_as(query)
-        return sel.scatter(attn.to_out[1](attn.to_out[0](out)), seq_len)
+        video_out, _ = self.output(attn, out, None, query.dtype)
+        return sel.scatter(video_out, seq_len)
 
 
 ADAPTER = wan_like_adapter(

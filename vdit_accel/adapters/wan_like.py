@@ -11,7 +11,7 @@ from __future__ import annotations
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 from .base import ModelAdapter
-from .wan import WanQuerySparseAttnProcessor, wan_grid, wan_rope_groups
+from .wan import WanQuerySparseAttnProcessor, wan_grid, wan_rope_groups, wan_size_rules
 
 
 def register_wan_like_block(block_cls: type) -> None:
@@ -39,4 +39,5 @@ def wan_like_adapter(name: str, transformer_cls: type, block_cls: type, notes: s
         rope_groups_fn=rope_groups_fn,
         cfg_batched=False,
         notes=notes,
+        size_rules=wan_size_rules,  # the same RoPE table (rope_max_seq_len) and VAE
     )
