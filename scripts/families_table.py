@@ -6,8 +6,8 @@
 
 Columns: the transformer class; the diffusers pipelines whose ``transformer`` is that class (from their
 ``__init__`` annotations); what runs on the selected tokens only (the adapter's query-sparse self-attention and its
-per-token submodules, per block list); the context-parallel plan (diffusers' ``_cp_plan``, the adapter's, or
-``vdit_accel.parallel``'s table); and the refused classes with the reason.
+per-token submodules, per block list); the context-parallel plan (diffusers' ``_cp_plan`` or the adapter's); and
+the refused classes with the reason.
 """
 
 from __future__ import annotations
@@ -56,16 +56,11 @@ def _accelerated(adapter) -> str:
 
 
 def _cp_plan(adapter) -> str:
-    from vdit_accel.parallel import CP_PLANS
-
-    cls = adapter.transformer_cls
-    if getattr(cls, "_cp_plan", None):
+    if getattr(adapter.transformer_cls, "_cp_plan", None):
         return "diffusers' `_cp_plan`"
-    plan = getattr(adapter, "cp_plan", None) or getattr(adapter, "extra", {}).get("cp_plan")
-    if plan:
-        return "adapter's plan (video sharded, text whole)"
-    if cls.__name__ in CP_PLANS:
-        return "`vdit_accel.parallel.CP_PLANS`"
+    if adapter.cp_plan:
+        text = {"split": ", text split", "whole": ", text whole"}.get(adapter.cp_text, "")
+        return f"the adapter's `cp_plan` (video sharded{text})"
     return "none (context parallelism refused)"
 
 
