@@ -1,6 +1,6 @@
 """Every supported family, on tiny offline pipelines of the real diffusers classes.
 
-Run: OMP_NUM_THREADS=1 python -m pytest tests/test_families.py -q
+Run: OMP_NUM_THREADS=1 python -m pytest tests/test_families.py -q  (transformer-level families: test_family_transformers.py)
 
 Each family is a real pipeline (``vdit_accel.testing``) called end to end with ``output_type="latent"`` (the VAE is
 not what is accelerated, and latents compare more precisely than decoded frames). Checks: budget 1.0 equals dense,
@@ -20,6 +20,8 @@ from PIL import Image
 import vdit_accel
 from vdit_accel import testing
 from vdit_accel.adapters import supported_transformers
+
+from .family_checks import assert_template_processor, capture_blocks, check_selected_rows_against_dense_blocks
 
 # diffusers' MochiRoPE enters a CPU fp32 autocast region, which torch warns about on every call
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
@@ -205,46 +207,13 @@ def test_half_budget_halves_token_counts(family):
     assert sorted(seen_steps) == list(range(STEPS))
 
 
-def _capture_blocks(transformers_and_runtimes):
-    """Forward hooks on every accelerated block: ``(block, name, runtime, step, context, args, kwargs, output)``."""
-    from vdit_accel.adapters import get_adapter
-
-    captured, handles = [], []
-    for transformer, rt in transformers_and_runtimes:
-        rt.record_masks = True
-        for name, block in get_adapter(transformer).blocks(transformer):
-            def hook(module, args, kwargs, output, name=name, rt=rt):
-                captured.append((module, name, rt, rt.step, rt.context, args, kwargs, output))
-            handles.append(block.register_forward_hook(hook, with_kwargs=True))
-    return captured, handles
-
-
-def _check_selected_rows_against_dense_blocks(captured, masks) -> int:
-    """Rerun each captured block dense (acceleration already removed) and compare the selected video rows and the
-    whole text stream."""
-    checked = 0
-    for module, name, rt, step, context, args, kwargs, output in captured:
-        index = masks[id(rt)].get((step, context), {}).get(name)
-        if index is None:
-            continue
-        with torch.no_grad():
-            dense = module(*args, **kwargs)
-        video, dense_video = (output[0], dense[0]) if isinstance(output, tuple) else (output, dense)
-        rows = index.unsqueeze(-1).expand(-1, -1, video.shape[-1])
-        torch.testing.assert_close(video.gather(1, rows), dense_video.gather(1, rows), rtol=1e-4, atol=1e-5)
-        if isinstance(output, tuple) and output[1] is not None:  # joint attention: the text stream is exact
-            torch.testing.assert_close(output[1], dense[1], rtol=1e-4, atol=1e-5)
-        checked += 1
-    return checked
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_selected_tokens_equal_the_dense_block(family):
     """At budget 0.5 each block's selected video rows, and its text stream, equal the dense block run on the same
     inputs: query-sparse attention, per-sample RoPE rows, padding masks and row-subset submodules are exact."""
     fam, pipe = FAMILIES[family], _pipe(family)
     pipe.enable_acceleration(schedule=HALF)
-    captured, handles = _capture_blocks(
+    captured, handles = capture_blocks(
         [(getattr(pipe, e), vdit_accel.get_runtime(pipe, e)) for e in _experts(pipe)])
     prompts = ["a red car", "a small blue robot dancing on the beach at night"]
     try:
@@ -254,198 +223,12 @@ def test_selected_tokens_equal_the_dense_block(family):
             h.remove()
     masks = {id(rt): dict(rt.masks) for _, _, rt, *_ in captured}
     pipe.disable_acceleration()
-    assert _check_selected_rows_against_dense_blocks(captured, masks) >= 2, "no half-budget block was checked"
-
-
-def test_hunyuan_video_token_replace_blocks():
-    """HunyuanVideo I2V's ``token_replace`` variant (other block classes, same submodules), at transformer level
-    with a manual step: budget 1.0 equals dense and the selected rows equal the dense blocks."""
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    from vdit_accel.api import accelerate_transformer
-    from vdit_accel.config import AccelerationConfig
-
-    torch.manual_seed(0)
-    transformer = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
-        num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=False,
-        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), image_condition_type="token_replace",
-    ).eval()
-    mask = torch.ones(2, 6, dtype=torch.long)
-    mask[0, 4:] = 0
-    kwargs = dict(timestep=torch.tensor([500.0, 500.0]), encoder_hidden_states=torch.randn(2, 6, 16),
-                  encoder_attention_mask=mask, pooled_projections=torch.randn(2, 8), return_dict=False)
-    latents = [torch.randn(2, 4, 3, 4, 4) for _ in range(3)]
-    with torch.no_grad():
-        dense = [transformer(hidden_states=x, **kwargs)[0] for x in latents]
-        config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
-        handle = accelerate_transformer(transformer, config, config.schedule)
-        rt = handle.runtime
-        captured, handles = _capture_blocks([(transformer, rt)])
-        outs = []
-        for i, x in enumerate(latents):
-            vdit_accel.set_step(transformer, i, 3)
-            with transformer.cache_context("cond"):
-                outs.append(transformer(hidden_states=x, **kwargs)[0])
-        for h in handles:
-            h.remove()
-    masks = {id(rt): dict(rt.masks)}
-    steps = vdit_accel.summary(transformer)["steps"]
-    assert [s["attention_queries"] * 2 for s in steps[1:]] == [s["dense_tokens"] for s in steps[1:]]
-    handle.remove()
-    torch.testing.assert_close(outs[0], dense[0], rtol=1e-4, atol=1e-5)
-    assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
-
-
-def test_skyreels_v2_diffusion_forcing_causal_mask():
-    """SkyReels-V2 diffusion forcing at transformer level: per-frame timesteps ``[B, F']`` and a block-causal mask
-    (``num_frame_per_block=2``) take the exact masked path; budget 1.0 equals dense and the selected rows equal the
-    dense blocks."""
-    from diffusers import SkyReelsV2Transformer3DModel
-
-    from vdit_accel.api import accelerate_transformer
-    from vdit_accel.config import AccelerationConfig
-
-    torch.manual_seed(0)
-    transformer = SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-        text_dim=8, freq_dim=16, ffn_dim=16, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32, num_frame_per_block=2,
-    ).eval()
-    _assert_template_processor(transformer)
-    kwargs = dict(timestep=torch.tensor([[900, 900, 500, 500]] * 2), encoder_hidden_states=torch.randn(2, 5, 8),
-                  enable_diffusion_forcing=True, return_dict=False)
-    latents = [torch.randn(2, 4, 4, 4, 4) for _ in range(3)]
-    with torch.no_grad():
-        dense = [transformer(hidden_states=x, **kwargs)[0] for x in latents]
-        config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
-        handle = accelerate_transformer(transformer, config, config.schedule)
-        rt = handle.runtime
-        captured, handles = _capture_blocks([(transformer, rt)])
-        outs = []
-        for i, x in enumerate(latents):
-            vdit_accel.set_step(transformer, i, 3)
-            with transformer.cache_context("cond"):
-                outs.append(transformer(hidden_states=x, **kwargs)[0])
-        for h in handles:
-            h.remove()
-    masks = {id(rt): dict(rt.masks)}
-    steps = vdit_accel.summary(transformer)["steps"]
-    assert [s["attention_queries"] * 2 for s in steps[1:]] == [s["dense_tokens"] for s in steps[1:]]
-    handle.remove()
-    torch.testing.assert_close(outs[0], dense[0], rtol=1e-4, atol=1e-5)
-    assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
-
-
-def _assert_template_processor(transformer):
-    """The family's query-sparse processor is the template and names exactly the arguments of the family's own
-    processor (diffusers passes a processor only the keyword arguments its ``__call__`` names)."""
-    import inspect
-
-    from vdit_accel.adapters import QuerySparseAttnProcessor, get_adapter
-
-    adapter = get_adapter(transformer)
-    _, module = adapter.self_attention_modules(transformer)[0]
-    assert issubclass(adapter.make_processor, QuerySparseAttnProcessor)
-    ours = list(inspect.signature(adapter.make_processor.__call__).parameters)
-    assert ours == list(inspect.signature(type(module.processor).__call__).parameters)
+    assert check_selected_rows_against_dense_blocks(captured, masks) >= 2, "no half-budget block was checked"
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_processors_are_the_template_with_the_families_signature(family):
-    _assert_template_processor(_pipe(family).transformer)
-
-
-def test_hunyuan_video15_transformer():
-    """HunyuanVideo 1.5 at transformer level (its pipelines need Qwen2.5-VL and ByT5 encoders), two samples with
-    different valid text lengths: budget 1.0 equals dense and the selected video rows and the whole text stream
-    (padded text queries included, which attend to nothing) equal the dense blocks."""
-    from diffusers import HunyuanVideo15Transformer3DModel
-
-    from vdit_accel.api import accelerate_transformer
-    from vdit_accel.config import AccelerationConfig
-
-    torch.manual_seed(0)
-    transformer = HunyuanVideo15Transformer3DModel(
-        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
-        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32,
-        image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v",
-    ).eval()
-    _assert_template_processor(transformer)
-    mask = torch.ones(2, 6, dtype=torch.long)
-    mask[0, 3:] = 0
-    mask_2 = torch.ones(2, 4, dtype=torch.long)
-    mask_2[1, 2:] = 0
-    kwargs = dict(timestep=torch.tensor([500.0, 500.0]), encoder_hidden_states=torch.randn(2, 6, 16),
-                  encoder_attention_mask=mask, encoder_hidden_states_2=torch.randn(2, 4, 32),
-                  encoder_attention_mask_2=mask_2, image_embeds=torch.zeros(2, 3, 12), return_dict=False)
-    latents = [torch.randn(2, 9, 3, 4, 4) for _ in range(3)]
-    with torch.no_grad():
-        dense = [transformer(hidden_states=x, **kwargs)[0] for x in latents]
-        config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
-        handle = accelerate_transformer(transformer, config, config.schedule)
-        rt = handle.runtime
-        captured, handles = _capture_blocks([(transformer, rt)])
-        outs = []
-        for i, x in enumerate(latents):
-            vdit_accel.set_step(transformer, i, 3)
-            with transformer.cache_context("cond"):
-                outs.append(transformer(hidden_states=x, **kwargs)[0])
-        for h in handles:
-            h.remove()
-    masks = {id(rt): dict(rt.masks)}
-    steps = vdit_accel.summary(transformer)["steps"]
-    assert [s["attention_queries"] * 2 for s in steps[1:]] == [s["dense_tokens"] for s in steps[1:]]
-    handle.remove()
-    torch.testing.assert_close(outs[0], dense[0], rtol=1e-4, atol=1e-5)
-    assert _check_selected_rows_against_dense_blocks(captured, masks) == 4
-
-
-@pytest.mark.parametrize("per_frame_timestep", [False, True], ids=["timestep", "per-frame-timestep"])
-def test_cosmos_transformer(per_frame_timestep):
-    """Cosmos at transformer level (its pipelines need the Cosmos guardrail and torchvision), two calls per step
-    without ``cache_context`` as its pipelines make them: budget 1.0 equals dense, budget 0.5 halves the queries of
-    both calls, and the selected rows equal the dense blocks (heads-first RoPE, learnable positional embedding,
-    per-frame timestep modulation of video-to-world)."""
-    from diffusers import CosmosTransformer3DModel
-
-    from vdit_accel.api import accelerate_transformer
-    from vdit_accel.config import AccelerationConfig
-
-    torch.manual_seed(0)
-    transformer = CosmosTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
-        text_embed_dim=8, adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), concat_padding_mask=False,
-        extra_pos_embed_type="learnable",
-    ).eval()
-    _assert_template_processor(transformer)
-    t = torch.tensor([500.0, 500.0])
-    timestep = t.view(2, 1, 1, 1, 1).repeat(1, 1, 3, 1, 1) if per_frame_timestep else t
-    if per_frame_timestep:
-        timestep[:, :, 0] = 0.0  # a conditioning frame
-    text = [torch.randn(2, 5, 8), torch.randn(2, 5, 8)]  # conditional, unconditional
-    latents = [torch.randn(2, 4, 3, 8, 8) for _ in range(3)]
-    with torch.no_grad():
-        dense = [[transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=e, return_dict=False)[0]
-                  for e in text] for x in latents]
-        config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
-        handle = accelerate_transformer(transformer, config, config.schedule)
-        rt = handle.runtime
-        captured, handles = _capture_blocks([(transformer, rt)])
-        outs = []
-        for i, x in enumerate(latents):
-            vdit_accel.set_step(transformer, i, 3)
-            outs.append([transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=e,
-                                     return_dict=False)[0] for e in text])
-        for h in handles:
-            h.remove()
-    masks = {id(rt): dict(rt.masks)}
-    assert [(r.step, r.context) for r in rt.records] == [(s, c) for s in range(3) for c in ("call0", "call1")]
-    assert all(r.attention_queries * 2 == r.video_tokens * r.blocks * r.batch for r in rt.records if r.step > 0)
-    handle.remove()
-    for a, d in zip(outs[0], dense[0]):
-        torch.testing.assert_close(a, d, rtol=1e-4, atol=1e-5)
-    assert _check_selected_rows_against_dense_blocks(captured, masks) == 8
+    assert_template_processor(_pipe(family).transformer)
 
 
 @pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
