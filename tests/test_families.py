@@ -1,6 +1,7 @@
 """Every supported family, on tiny offline pipelines of the real diffusers classes.
 
-Run: OMP_NUM_THREADS=1 python -m pytest tests/test_families.py -q  (transformer-level families: test_family_transformers.py)
+Run: OMP_NUM_THREADS=1 python -m pytest tests/test_families.py -q
+(families tested at the transformer level: tests/test_family_transformers.py)
 
 Each family is a real pipeline (``vdit_accel.testing``) called end to end with ``output_type="latent"`` (the VAE is
 not what is accelerated, and latents compare more precisely than decoded frames). Checks: budget 1.0 equals dense,
