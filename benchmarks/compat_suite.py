@@ -167,8 +167,8 @@ def write_table(results: list[dict], out: str, header: str) -> None:
             kind = "baseline" if r["mode"] == "off" else classify(c["message"], base.get(r["family"], {}).get(name))
             if kind != "baseline":
                 kinds[kind] += 1
-                details.append(f"| {r['family']} | {r['mode']} | `{name.split('.')[-1]}` | {kind} | "
-                               f"{c['message'].splitlines()[0][:160].replace('|', '/') if c['message'] else ''} |")
+                message = " ".join(c["message"].split())[:160].replace("|", "/")
+                details.append(f"| {r['family']} | {r['mode']} | `{name.split('.')[-1]}` | {kind} | {message} |")
         shown = (lambda k: "-" if r["mode"] == "off" else kinds[k])
         lines.append(f"| {r['family']} | {r['mode']} | {counts['passed']} | {counts['failed']} | {counts['skipped']} "
                      f"| {shown('offline stand-in')} | {shown('by design')} | {shown('defect')} | "
@@ -192,9 +192,17 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="work folder (default: a temporary folder)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per family and mode")
     p.add_argument("--out", default=os.path.join(HERE, "results", "compat.md"))
+    p.add_argument("--from-json", default=None, help="only rewrite --out from the results JSON of an earlier run")
     p.add_argument("--reuse-baseline", action="store_true",
                    help="reuse the `off` results already in --work (same checkout, -k and installed packages)")
     args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            data = json.load(f)
+        if isinstance(data, list):  # results only (older runs)
+            data = {"results": data, "header": "# diffusers pipeline tests with vdit-accel forced on"}
+        write_table(data["results"], args.out, data["header"])
+        return 0
     tests = os.path.join(args.checkout, "tests")
     if not os.path.isdir(os.path.join(tests, "pipelines")):
         p.error(f"{args.checkout} is not a diffusers source checkout (no tests/pipelines); `git clone` the tag of "
@@ -231,7 +239,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_table(results, args.out, header)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump({"header": header, "results": results}, f, indent=1)
     print(f"wrote {args.out}")
     return 0
 
