@@ -4,7 +4,9 @@ tests run, in the mode named by ``VDIT_COMPAT_MODE``.
     VDIT_COMPAT_MODE=budget1 python -m pytest -p compat_plugin <diffusers tests>   # benchmarks/ on PYTHONPATH
 
 Modes: ``off`` (acceleration never enabled: the baseline), ``budget1`` (budget 1.0 at every step: the accelerated
-code path, dense), ``default`` (``pipe.enable_acceleration()``), ``speedup2`` (``enable_acceleration(speedup=2)``).
+code path, dense), ``default`` (``pipe.enable_acceleration()``), ``speedup2`` (``enable_acceleration(speedup=2)``),
+``half`` (budget 0.5 at every step: diffusers' tests run 2 steps, on which the default schedule is dense and
+``speedup=2`` is refused as unreachable, so this mode is the one that exercises token selection).
 
 Every pipeline opens its denoising loop with ``self.progress_bar(...)``, after the prompts are encoded and the
 scheduler's timesteps are set and before the first transformer call; the plugin enables acceleration there (once
@@ -32,6 +34,7 @@ MODES = {
     "budget1": lambda pipe: pipe.enable_acceleration(schedule=_dense()),
     "default": lambda pipe: pipe.enable_acceleration(),
     "speedup2": lambda pipe: pipe.enable_acceleration(speedup=2.0),
+    "half": lambda pipe: pipe.enable_acceleration(schedule=_half()),
 }
 _current_test = {"id": None}
 
@@ -40,6 +43,12 @@ def _dense():
     from vdit_accel.schedule import BudgetSchedule
 
     return BudgetSchedule.dense()
+
+
+def _half():
+    from vdit_accel.schedule import BudgetSchedule
+
+    return BudgetSchedule.uniform(0.5)  # every step after the first call of each CFG branch (empty cache) at 0.5
 
 
 def _log(record: dict) -> None:
