@@ -21,7 +21,7 @@ Each family runs once per mode (``compat_plugin.py``: ``off`` is the baseline, `
 - **approximation** (mode ``half`` only): a numeric comparison fails because budget 0.5 changes the output;
 - **defect**: anything else (it passes without acceleration and fails with it).
 
-diffusers' test dependency ``parameterized`` must be importable; without ``ftfy`` the plugin gives the pipelines an
+diffusers' test dependencies ``parameterized`` and ``requests-mock`` must be importable; without ``ftfy`` the plugin gives the pipelines an
 identity ``ftfy.fix_text``. The full set takes about 25 minutes per mode on 2 CPU cores; ``--families`` / ``-k`` run
 a subset.
 """
@@ -56,6 +56,7 @@ FAMILY_TESTS = {
     "ltx": ["ltx/test_ltx.py", "ltx/test_ltx_condition.py", "ltx/test_ltx_image2video.py"],
     "mochi": ["mochi"],
 }
+TEST_DEPENDENCIES = {"parameterized": "parameterized", "requests_mock": "requests-mock"}  # module: PyPI name
 MODES = ("off", "budget1", "default", "speedup2", "half")
 _BY_DESIGN = ("diffusers cache", "enable_cache", "do not compose", "disable_cache()",  # cache composition
               "is not reachable in")  # speedup=2 asked of a 2-step run: refused, naming the reachable speedup
@@ -214,10 +215,12 @@ def main(argv=None) -> int:
     if not os.path.isdir(os.path.join(tests, "pipelines")):
         p.error(f"{args.checkout} is not a diffusers source checkout (no tests/pipelines); `git clone` the tag of "
                 f"the installed diffusers.")
-    missing = subprocess.run([sys.executable, "-c", "import parameterized"], capture_output=True).returncode
+    missing = [m for m in TEST_DEPENDENCIES
+               if subprocess.run([sys.executable, "-c", f"import {m}"], capture_output=True).returncode]
     if missing:
-        p.error("diffusers' pipeline tests import `parameterized` (a diffusers test dependency): `pip install "
-                "parameterized`, or `pip install --target DIR parameterized` and put DIR on PYTHONPATH.")
+        names = " ".join(TEST_DEPENDENCIES[m] for m in missing)
+        p.error(f"diffusers' pipeline tests import {', '.join(missing)} (diffusers test dependencies): `pip install "
+                f"{names}`, or `pip install --target DIR {names}` and put DIR on PYTHONPATH.")
     if "off" not in args.modes:
         args.modes = ["off", *args.modes]  # the baseline classifies the failures
     work = args.work or tempfile.mkdtemp(prefix="vdit_compat_")
