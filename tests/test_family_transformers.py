@@ -137,7 +137,8 @@ def test_hunyuan_video15_transformer():
 @pytest.mark.parametrize("per_frame_timestep", [False, True], ids=["timestep", "per-frame-timestep"])
 def test_cosmos_transformer(per_frame_timestep):
     """Cosmos at transformer level (its pipelines need the Cosmos guardrail and torchvision), two calls per step
-    without ``cache_context`` as its pipelines make them: budget 1.0 equals dense, budget 0.5 halves the queries of
+    without ``cache_context`` as its pipelines make them (the step comes from the timestep, as in a pipeline, so the
+    calls get the implicit contexts ``call0``/``call1``): budget 1.0 equals dense, budget 0.5 halves the queries of
     both calls, and the selected rows equal the dense blocks (heads-first RoPE, learnable positional embedding,
     per-frame timestep modulation of video-to-world)."""
     from diffusers import CosmosTransformer3DModel
@@ -149,24 +150,28 @@ def test_cosmos_transformer(per_frame_timestep):
         extra_pos_embed_type="learnable",
     ).eval()
     assert_template_processor(transformer)
-    t = torch.tensor([500.0, 500.0])
-    timestep = t.view(2, 1, 1, 1, 1).repeat(1, 1, 3, 1, 1) if per_frame_timestep else t
-    if per_frame_timestep:
-        timestep[:, :, 0] = 0.0  # a conditioning frame
+    schedule_t = [900.0, 500.0, 100.0]
+
+    def timestep_of(step):
+        t = torch.full((2,), schedule_t[step])
+        if not per_frame_timestep:
+            return t
+        t = t.view(2, 1, 1, 1, 1).repeat(1, 1, 3, 1, 1)
+        t[:, :, 0] = 0.0  # a conditioning frame
+        return t
+
     text = [torch.randn(2, 5, 8), torch.randn(2, 5, 8)]  # conditional, unconditional
     latents = [torch.randn(2, 4, 3, 8, 8) for _ in range(3)]
     with torch.no_grad():
-        dense = [[transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=e, return_dict=False)[0]
-                  for e in text] for x in latents]
+        dense = [[transformer(hidden_states=x, timestep=timestep_of(i), encoder_hidden_states=e, return_dict=False)[0]
+                  for e in text] for i, x in enumerate(latents)]
         config = AccelerationConfig(schedule=[1.0, 0.5, 0.5])
         handle = accelerate_transformer(transformer, config, config.schedule)
         rt = handle.runtime
+        rt.step_resolver = lambda t: (schedule_t.index(float(t.max())), 3)  # what a pipeline's scheduler gives
         captured, handles = capture_blocks([(transformer, rt)])
-        outs = []
-        for i, x in enumerate(latents):
-            vdit_accel.set_step(transformer, i, 3)
-            outs.append([transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=e,
-                                     return_dict=False)[0] for e in text])
+        outs = [[transformer(hidden_states=x, timestep=timestep_of(i), encoder_hidden_states=e, return_dict=False)[0]
+                 for e in text] for i, x in enumerate(latents)]
         for h in handles:
             h.remove()
     masks = {id(rt): dict(rt.masks)}

@@ -23,8 +23,8 @@ STEP_TRACKER_HOOK = "vdit_accel_step_tracker"
 
 class ContextStateManager(StateManager):
     """A diffusers ``StateManager`` that falls back to a ``"default"`` context when no context is set. Under
-    acceleration the step tracker always sets one: the pipeline's ``cache_context``, or an implicit ``call<k>`` per
-    call of a step (Allegro, Latte, ChronoEdit, Cosmos, Kandinsky 5 and direct transformer calls set none)."""
+    acceleration the step tracker sets one for pipeline-driven calls: the pipeline's ``cache_context``, or an implicit
+    ``call<k>`` per call of a step (ChronoEdit, Cosmos, Framepack and Allegro-style pipelines set none)."""
 
     @property
     def has_context(self) -> bool:
@@ -180,7 +180,8 @@ class StepTrackerHook(ModelHook):
                 step, num_steps, marker = resolve_call(timestep, module)
             else:
                 step, num_steps = resolver(timestep)
-        self._open_implicit_context(module, step, marker is not None and marker is not self._call_marker)
+        if resolver is not None:  # pipeline-driven; steps driven by hand (set_step) keep the "default" context
+            self._open_implicit_context(module, step, marker is not None and marker is not self._call_marker)
         rt.grid = self.adapter.grid(module, args, kwargs)
         text = kwargs.get("encoder_hidden_states")
         n_text = text.shape[1] if torch.is_tensor(text) else 0
@@ -215,6 +216,8 @@ class StepTrackerHook(ModelHook):
         Kandinsky 5). Sharing one ``"default"`` cache would let the second call reset the first's block caches and
         the next step reuse the other branch's outputs, so the k-th call of a step gets its own context ``call<k>``
         (set on every hook under the transformer, as diffusers' ``cache_context`` does, and cleared after the call).
+        Only for pipeline-driven calls: a transformer driven by hand (``set_step``) calls the same step again to start
+        a new run, and wraps its CFG branches in ``cache_context`` itself.
         """
         if self._implicit:  # left over from a call that raised before post_forward
             _set_cache_context(module, None)
