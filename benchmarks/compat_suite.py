@@ -21,9 +21,9 @@ Each family runs once per mode (``compat_plugin.py``: ``off`` is the baseline, `
 - **approximation** (mode ``half`` only): a numeric comparison fails because budget 0.5 changes the output;
 - **defect**: anything else (it passes without acceleration and fails with it).
 
-diffusers' test dependencies ``parameterized`` and ``requests-mock`` must be importable; without ``ftfy`` the plugin gives the pipelines an
-identity ``ftfy.fix_text``. The full set takes about 25 minutes per mode on 2 CPU cores; ``--families`` / ``-k`` run
-a subset.
+diffusers' test dependencies ``parameterized`` and ``requests-mock`` must be importable; without ``ftfy`` the
+plugin gives the pipelines an identity ``ftfy.fix_text``. The full set takes about 25 minutes per mode on 2 CPU
+cores; ``--families`` / ``-k`` run a subset. Results of a run: ``benchmarks/results/compat_all_families.md``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def write_table(results: list[dict], out: str, header: str) -> None:
     details = []
     for r in results:
         cases = r["cases"]
-        counts = {k: sum(1 for c in cases.values() if c["status"] == k) for k in ("passed", "failed", "skipped")}
+        counts = r.get("counts") or {k: sum(1 for c in cases.values() if c["status"] == k)
+                                     for k in ("passed", "failed", "skipped")}
         kinds = {"offline stand-in": 0, "by design": 0, "approximation": 0, "defect": 0}
         for name, c in sorted(cases.items()):
             if c["status"] != "failed":
@@ -248,6 +249,10 @@ def main(argv=None) -> int:
               f"Command: `python benchmarks/compat_suite.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_table(results, args.out, header)
+    for r in results:  # the JSON keeps the counts and the failures (enough to rewrite the table)
+        r["counts"] = {k: sum(1 for c in r["cases"].values() if c["status"] == k)
+                       for k in ("passed", "failed", "skipped")}
+        r["cases"] = {name: c for name, c in r["cases"].items() if c["status"] == "failed"}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump({"header": header, "results": results}, f, indent=1)
     print(f"wrote {args.out}")
