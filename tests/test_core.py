@@ -82,7 +82,7 @@ def test_odd_grid_is_really_odd(tiny_pipe):
     assert vdit_accel.get_runtime(tiny_pipe).grid == (3, 3, 5)
 
 
-@pytest.mark.parametrize("cache", ["residual", "output"])
+@pytest.mark.parametrize("cache", ["residual", "output", "forecast"])
 def test_cache_modes_run_and_differ(cache):
     from vdit_accel.testing import build_tiny_wan_pipeline
 
@@ -106,7 +106,7 @@ def test_wan_keeps_separate_caches_per_cfg_branch_and_frees_them_after_the_run()
 
     def inspect_caches(pipeline, step, timestep, callback_kwargs):
         cache = hook.state_manager._state_cache
-        seen[step] = {name: state.cached.clone() for name, state in cache.items()}
+        seen[step] = {name: state.reuse_source.clone() for name, state in cache.items()}
         return callback_kwargs
 
     run_pipe(pipe, steps=3, callback_on_step_end=inspect_caches)
@@ -236,15 +236,22 @@ def test_default_schedule_dense_first_and_last():
     assert BudgetSchedule.dense().resolve(4) == [1.0] * 4
 
 
-def test_speedup_target_turns_into_schedule():
+@pytest.mark.parametrize("overhead", [0.0, 1.0], ids=["selection-pays", "selection-does-not-pay"])
+def test_speedup_target_turns_into_schedule(overhead):
+    from vdit_accel.cost import CostModel
     from vdit_accel.schedule import predicted_speedup
 
+    cost = CostModel(budgets=[0.0, 0.999, 1.0], costs=[min(1.0, 0.05 + overhead), 1.0, 1.0])
     for target in (1.5, 2.0, 2.5):
-        budgets = BudgetSchedule.for_speedup(target).resolve(50, dense_fraction=0.05)
+        budgets = BudgetSchedule.for_speedup(target).resolve(50, cost)
         assert budgets[0] == 1.0 and budgets[-1] == 1.0
-        assert predicted_speedup(budgets, 0.05) == pytest.approx(target, rel=0.01)
+        assert target <= predicted_speedup(budgets, cost) <= target * 1.1
+        if overhead:  # token selection does not pay: dense and skipped steps only
+            assert set(budgets) == {0.0, 1.0}
     with pytest.raises(ValueError, match="not reachable"):
-        BudgetSchedule.for_speedup(30.0).resolve(10)
+        BudgetSchedule.for_speedup(30.0).resolve(10, cost)
+    with pytest.raises(ValueError, match="not reachable at any step count"):
+        BudgetSchedule.for_speedup(1e9)
 
 
 def test_schedule_json_roundtrip(tmp_path):

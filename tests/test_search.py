@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import vdit_accel
+from vdit_accel import TokenSelectionConfig
 from vdit_accel.schedule import BudgetSchedule
 from vdit_accel.search.cost_model import CostModel, calibrate
 from vdit_accel.search.engine import SearchConfig, mutate, repair, run_search
@@ -38,7 +39,7 @@ def evaluator(pipe):
 
 
 def _pipeline_latents(pipe, spec, p, budgets):
-    pipe.enable_acceleration(schedule=list(budgets))
+    pipe.enable_acceleration(schedule=list(budgets), token_selection=TokenSelectionConfig(dense_fast_path=False))
     try:
         with torch.no_grad():
             return pipe(**spec.pipeline_kwargs(pipe, p)).frames.float()
@@ -48,11 +49,12 @@ def _pipeline_latents(pipe, spec, p, budgets):
 
 # ----------------------------------------------------------------------------------------------- evaluation
 def test_prefix_sharing_is_bit_identical_to_the_pipeline(pipe, evaluator):
-    genomes = [[1, .5, .5, .5, .5, 1], [1, .5, .5, .25, .5, 1], [1, .5, .25, .25, .5, 1], [1, .3, .3, .3, .3, .3]]
+    genomes = [[1, .5, .5, .5, .5, 1], [1, .5, .5, .25, .5, 1], [1, .5, .25, .25, .5, 1], [1, .3, .3, .3, .3, .3],
+               [1, 1, 0, .5, 0, 1]]  # budget 0: a skipped step
     ev = Evaluator(pipe, evaluator.spec, references=evaluator.references, cache_stride=1)
     errors = ev.evaluate(genomes)
     # steps of shared prefixes ran once: 4 candidates x 6 steps x 2 prompts = 48 without sharing
-    assert ev.stats.transformer_steps == 2 * (6 + 3 + 4 + 5) < ev.stats.naive_steps == 48
+    assert ev.stats.transformer_steps == 2 * (6 + 3 + 4 + 5 + 5) < ev.stats.naive_steps == 60
     for g, e in zip(genomes, errors):
         per_prompt = []
         for p in range(2):
@@ -116,6 +118,18 @@ def test_repair_pins_step0_and_meets_the_target():
     assert mutate(list(g), cfg.levels, 0.0, rng) == g and mutate(list(g), cfg.levels, 1.0, rng)[0] == 1.0
 
 
+def test_search_space_has_skipped_steps_and_returns_them(tmp_path):
+    """Budget 0 (no block runs) is a level of the joint space; a high target makes the search use it."""
+    cost = CostModel(budgets=[0.0, 0.999, 1.0], costs=[0.9, 1.0, 1.0], skip_cost=0.02)  # selection barely pays
+    cfg = SearchConfig(num_steps=10, target_speedup=2.5, population=8, offspring=6, generations=2, seed=0)
+    assert cfg.levels[0] == 0.0 and 0.05 not in cfg.levels
+    assert SearchConfig(num_steps=10, target_speedup=2.0, allow_skip=False).levels[0] > 0
+    evaluate = lambda genomes: [sum((1 - b) ** 2 for b in g) for g in genomes]  # noqa: E731 - prefers few changes
+    result = run_search(cfg, evaluate, cost, str(tmp_path / "ck"), progress=False)
+    assert 0.0 in result.best and result.best[0] == 1.0
+    assert cost.speedup(result.best) >= 2.5
+
+
 def test_cost_model_is_monotone_and_charges_step0_dense(pipe, evaluator):
     cm = CostModel(budgets=[0.25, 0.5, 0.75, 1.0], costs=[0.4, 0.7, 0.6, 1.0])  # noisy middle point
     assert cm.costs == sorted(cm.costs) and cm.costs[1] == pytest.approx(0.65)
@@ -140,7 +154,7 @@ def _bundled_or_skip():
 
 @pytest.mark.parametrize("model", ["tiny-wan", "bundled"])
 def test_searched_schedule_beats_uniform_of_same_cost_on_heldout_prompts(pipe, tmp_path, model):
-    from vdit_accel.commands.search import flops_cost, transformer_inputs, uniform_at_cost
+    from vdit_accel.commands.search import transformer_inputs, uniform_at_cost
 
     settings = SMALL
     if model == "bundled":  # trained weights at the size they were trained for (5x8x8 = 320 video tokens)
@@ -153,8 +167,14 @@ def test_searched_schedule_beats_uniform_of_same_cost_on_heldout_prompts(pipe, t
         train, heldout = TRAIN, HELDOUT
     n = 8
     ev = Evaluator(pipe, RunSpec(prompts=train, seeds=[0, 1], num_inference_steps=n, **settings))
-    cost = flops_cost(pipe.transformer, transformer_inputs(ev))  # deterministic (timings are not)
-    cfg = SearchConfig(num_steps=n, target_speedup=2.0, population=10, offspring=8, generations=4, grid=0.1, seed=0)
+    # the pure FLOP model (deterministic; timings are not), and token budgets only: the point is where to spend them
+    inputs = transformer_inputs(ev)
+    x, patch = inputs["hidden_states"], pipe.transformer.config.patch_size
+    n_video = (x.shape[2] // patch[0]) * (x.shape[3] // patch[1]) * (x.shape[4] // patch[2])
+    cost = CostModel.from_flops(pipe.transformer, n_video, inputs["encoder_hidden_states"].shape[1],
+                                selection_overhead=0.0)
+    cfg = SearchConfig(num_steps=n, target_speedup=2.0, population=10, offspring=8, generations=4, grid=0.1, seed=0,
+                       allow_skip=False)
     result = run_search(cfg, ev.evaluate, cost, str(tmp_path / "ck.pkl"), progress=False)
     assert result.best_speedup >= 2.0
     uniform = uniform_at_cost(cost, n, cost.schedule_cost(result.best))

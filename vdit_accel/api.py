@@ -19,6 +19,7 @@ from diffusers.hooks import HookRegistry
 from .adapters import ModelAdapter, get_adapter
 from .config import AccelerationConfig, TokenSelectionConfig
 from .methods import registered_methods
+from .methods.step_forecast import AutoDecider
 from .runtime import STEP_TRACKER_HOOK, AccelRuntime, StepTrackerHook, scheduler_step_resolver
 from .runtime.handle import HANDLE_ATTR, get_handle, transformers_of
 from .schedule import BudgetSchedule
@@ -144,15 +145,19 @@ def accelerate_transformer(transformer: torch.nn.Module, config: AccelerationCon
             f"`pipe.transformer.disable_cache()` first."
         )
     runtime = AccelRuntime(step_resolver=step_resolver)
+    if schedule.run_time is not None:
+        runtime.auto = AutoDecider(**schedule.run_time)
     handle = AccelerationHandle(transformer, adapter, config, schedule, runtime)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(StepTrackerHook(runtime, schedule, adapter, check_schedule=config.check_schedule),
-                           STEP_TRACKER_HOOK)
     try:
         for method in registered_methods():
             method_config = getattr(config, method.name, None)
             if method_config is not None:
                 handle.removers.append(method.apply(transformer, adapter, runtime, method_config))
+        # Registered last, so it is the outermost hook: methods' transformer-level hooks (whole-step reuse) read the
+        # step and budget it resolves.
+        registry.register_hook(StepTrackerHook(runtime, schedule, adapter, check_schedule=config.check_schedule),
+                               STEP_TRACKER_HOOK)
     except BaseException:
         handle.remove()  # nothing half-applied
         raise

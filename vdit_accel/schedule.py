@@ -17,13 +17,21 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from .cost import CostModel
 
 SCHEDULE_FORMAT_VERSION = 1
 
 # Fraction of a block's work that does not shrink with the budget when nothing better is known (the key/value
-# projections of self-attention). `vdit_accel.cost.dense_fraction` computes it from a model's FLOP count.
+# projections of self-attention). `vdit_accel.cost.CostModel.from_flops` computes it from a model's FLOP count.
 DEFAULT_DENSE_FRACTION = 0.05
+# A token-selected step below this budget is replaced by a mix of skipped steps and steps at this budget: a token left
+# unrefreshed for long drifts, while a skipped step's forecast is refreshed from computed steps on both sides.
+MIN_TOKEN_BUDGET = 0.5
+# Skipped steps forecast from the two last computed steps: keep at least this many dense steps first.
+MIN_DENSE_FIRST_WITH_SKIPS = 2
 
 
 def dense_warmup_steps(num_steps: int, fraction: float = 0.2) -> int:
@@ -31,14 +39,28 @@ def dense_warmup_steps(num_steps: int, fraction: float = 0.2) -> int:
     return max(1, int(round(fraction * num_steps)))
 
 
-def step_cost(budget: float, dense_fraction: float = DEFAULT_DENSE_FRACTION) -> float:
-    """Predicted cost of one step at ``budget`` relative to a dense step (linear model)."""
-    return dense_fraction + (1.0 - dense_fraction) * budget
+def _cost_model(cost: "CostModel | float | None") -> "CostModel":
+    from .cost import CostModel
+
+    if isinstance(cost, CostModel):
+        return cost
+    f = DEFAULT_DENSE_FRACTION if cost is None else float(cost)
+    return CostModel(budgets=[0.0, 1.0], costs=[max(f, 1e-6), 1.0], source="flops", details=dict(dense_fraction=f))
 
 
-def predicted_speedup(budgets: Sequence[float], dense_fraction: float = DEFAULT_DENSE_FRACTION) -> float:
-    """Predicted (computed, not timed) transformer speedup of a schedule against dense."""
-    return len(budgets) / sum(step_cost(b, dense_fraction) for b in budgets)
+def step_cost(budget: float, cost: "CostModel | float | None" = None) -> float:
+    """Predicted cost of one step at ``budget`` relative to a dense step (see :class:`vdit_accel.cost.CostModel`;
+    a float is a dense fraction ``f`` of the plain linear model ``f + (1 − f)·θ``)."""
+    return _cost_model(cost).step_cost(budget)
+
+
+def predicted_speedup(budgets: Sequence[float], cost: "CostModel | float | None" = None) -> float:
+    """Predicted (computed, not timed) transformer speedup of a schedule against dense; step 0 counts as dense."""
+    return _cost_model(cost).speedup(budgets)
+
+
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _validate_budgets(budgets: Sequence[float], field_name: str = "budgets") -> list[float]:
@@ -48,7 +70,7 @@ def _validate_budgets(budgets: Sequence[float], field_name: str = "budgets") -> 
         raise ValueError(f"`{field_name}` is empty; give one budget per denoising step, e.g. [1.0, 0.5, 0.5, 1.0].")
     out = []
     for i, b in enumerate(budgets):
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or math.isnan(float(b)):
+        if not _finite_number(b):
             raise TypeError(f"`{field_name}[{i}]` must be a number in [0, 1], got {b!r}.")
         if not 0.0 <= float(b) <= 1.0:
             raise ValueError(
@@ -76,6 +98,9 @@ class BudgetSchedule:
             For a rule schedule: keep the last step dense (it sets the fine detail).
         speedup (`float`, *optional*):
             For a rule schedule: a target transformer speedup; ``budget`` is then derived with the linear cost model.
+        run_time (`dict`, *optional*):
+            A run-time schedule (``schedule="auto"``, :meth:`auto`): no budgets are planned; each step is computed or
+            skipped at run time from the forecast error the run shows (``AutoDecider`` settings).
         metadata (`dict`):
             Free-form provenance (model, resolution, frames, steps, target, fitness, versions) written to JSON files.
     """
@@ -85,20 +110,38 @@ class BudgetSchedule:
     dense_first: int | None = None
     dense_last: bool = True
     speedup: float | None = None
+    run_time: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.budgets is not None:
             self.budgets = _validate_budgets(self.budgets)
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
+        if not _finite_number(self.budget) or not 0 < self.budget <= 1:
             raise ValueError(f"`budget` must be in (0, 1], got {self.budget!r}. Use 1.0 for dense.")
         if self.dense_first is not None and (not isinstance(self.dense_first, int) or self.dense_first < 0):
             raise ValueError(f"`dense_first` must be a non-negative int, got {self.dense_first!r}.")
         if self.speedup is not None:
-            if isinstance(self.speedup, bool) or not isinstance(self.speedup, (int, float)) or self.speedup < 1:
+            if not _finite_number(self.speedup) or self.speedup < 1:
                 raise ValueError(
-                    f"`speedup` must be a number >= 1.0 (1.0 = dense), got {self.speedup!r}. For example speedup=2.0."
+                    f"`speedup` must be a finite number >= 1.0 (1.0 = dense), got {self.speedup!r}. For example "
+                    f"speedup=2.0."
                 )
+            from .cost import DEFAULT_SKIP_COST
+
+            limit = 1.0 / DEFAULT_SKIP_COST
+            if self.speedup >= limit:
+                raise ValueError(
+                    f"`speedup`={self.speedup} is not reachable at any step count: even skipping every step but the "
+                    f"dense ones, a skipped step costs about {DEFAULT_SKIP_COST:.0%} of a dense one, so the most is "
+                    f"below {limit:.0f}x. Ask for a lower speedup (2-3x is the useful range)."
+                )
+        if self.run_time is not None:
+            if not isinstance(self.run_time, dict) or set(self.run_time) - {"tolerance", "max_skips", "warmup"}:
+                raise ValueError(f"`run_time` must be a dict with tolerance / max_skips / warmup (see "
+                                 f"BudgetSchedule.auto), got {self.run_time!r}.")
+            if self.budgets is not None or self.speedup is not None:
+                raise ValueError("A run-time (auto) schedule has no `budgets` or `speedup`; drop them.")
+            _check_run_time(**self.run_time)
         if not isinstance(self.metadata, dict):
             raise TypeError(f"`metadata` must be a dict, got {type(self.metadata).__name__}.")
 
@@ -107,6 +150,14 @@ class BudgetSchedule:
     def default(cls) -> "BudgetSchedule":
         """Dense first 20 % of the steps and the last step, budget 0.5 in between; fits any step count."""
         return cls()
+
+    @classmethod
+    def auto(cls, tolerance: float = 0.02, max_skips: int = 2, warmup: int = 3) -> "BudgetSchedule":
+        """Decide at run time, calibration-free: a step is skipped (its output forecast) while the forecast error
+        the run shows, grown with the square of the skip distance, stays below ``tolerance`` (relative); at most
+        ``max_skips`` skips in a row; the first ``warmup`` calls and the last step are computed.
+        Lower ``tolerance`` is closer to dense; higher is faster."""
+        return cls(run_time=dict(tolerance=tolerance, max_skips=max_skips, warmup=warmup))
 
     @classmethod
     def dense(cls) -> "BudgetSchedule":
@@ -128,6 +179,8 @@ class BudgetSchedule:
         """Accept a schedule object, a list of budgets, a JSON path, or a dict as written by :meth:`to_dict`."""
         if isinstance(obj, BudgetSchedule):
             return obj
+        if isinstance(obj, str) and obj == "auto":
+            return cls.auto()
         if isinstance(obj, (str, os.PathLike)):
             return cls.load(obj)
         if isinstance(obj, dict):
@@ -140,8 +193,13 @@ class BudgetSchedule:
         )
 
     # ------------------------------------------------------------------------------------------------ resolution
-    def resolve(self, num_steps: int, dense_fraction: float = DEFAULT_DENSE_FRACTION) -> list[float]:
-        """Budgets for a run of ``num_steps`` steps; raises if an explicit schedule has another length."""
+    def resolve(self, num_steps: int, cost: "CostModel | float | None" = None) -> list[float]:
+        """Budgets for a run of ``num_steps`` steps; raises if an explicit schedule has another length.
+
+        ``cost`` (a :class:`vdit_accel.cost.CostModel`, or a dense fraction) is what a ``speedup`` rule plans with.
+        Step 0 is always 1.0: the first call of each CFG branch runs dense (nothing is cached yet), so the planned
+        budgets are the ones that will really run.
+        """
         if self.budgets is not None:
             if len(self.budgets) != num_steps:
                 where = f" (from {self.metadata['source']})" if "source" in self.metadata else ""
@@ -150,36 +208,58 @@ class BudgetSchedule:
                     f"num_inference_steps={num_steps}. Call the pipeline with num_inference_steps={len(self.budgets)}, "
                     f"or pass a schedule made for {num_steps} steps (e.g. `vdit-accel search --steps {num_steps}`)."
                 )
-            return list(self.budgets)
+            return [1.0] + list(self.budgets[1:])
+        if self.run_time is not None:
+            return [1.0] * num_steps  # an upper bound: the run decides which steps to skip
         n_first = dense_warmup_steps(num_steps) if self.dense_first is None else self.dense_first
-        n_first = min(n_first, num_steps)
+        n_first = max(1, min(n_first, num_steps))
         n_last = 1 if (self.dense_last and num_steps - n_first >= 1) else 0
-        n_mid = num_steps - n_first - n_last
-        budget = self.budget
         if self.speedup is not None:
-            budget = self._budget_for_speedup(num_steps, n_first, n_last, dense_fraction)
-            if budget is None:  # too few sparse steps: shrink the dense warm-up until the target fits
-                while n_first > 0 and budget is None:
-                    n_first -= 1
-                    n_mid += 1
-                    budget = self._budget_for_speedup(num_steps, n_first, n_last, dense_fraction)
-                if budget is None:
-                    best = predicted_speedup([1.0] * n_last + [0.05] * (num_steps - n_last), dense_fraction)
-                    raise ValueError(
-                        f"`speedup`={self.speedup} is not reachable in {num_steps} steps with a dense last step "
-                        f"(the most this cost model predicts is about {best:.2f}x). Ask for a lower speedup or more steps."
-                    )
-        return [1.0] * n_first + [budget] * n_mid + [1.0] * n_last
+            return self._plan_for_speedup(num_steps, n_first, n_last, _cost_model(cost))
+        return [1.0] * n_first + [self.budget] * (num_steps - n_first - n_last) + [1.0] * n_last
 
-    def _budget_for_speedup(self, n: int, n_first: int, n_last: int, f: float) -> float | None:
-        n_mid = n - n_first - n_last
-        if n_mid <= 0:
-            return None if self.speedup > 1.0 else 1.0
-        mid_cost = (n / self.speedup - n_first - n_last) / n_mid
-        budget = (mid_cost - f) / (1.0 - f)
-        if budget < 0.05:
-            return None
-        return min(1.0, round(budget, 4))
+    def _plan_for_speedup(self, n: int, n_first: int, n_last: int, cost) -> list[float]:
+        """Cheapest-to-describe plan that reaches the target under ``cost``: dense warm-up and last steps; in between
+        token-selected steps at one budget >= MIN_TOKEN_BUDGET when that is enough (and token selection pays on this
+        model), else computed steps (at MIN_TOKEN_BUDGET, or dense where token selection does not pay) spread evenly
+        between skipped steps, whose tokens take their forecasts."""
+        target = n / self.speedup  # total cost allowed, in dense steps
+        if n - n_first - n_last <= 0:
+            if self.speedup <= 1.0:
+                return [1.0] * n
+            raise ValueError(f"`speedup`={self.speedup} is not reachable in {n} steps: every step is dense (the first "
+                             f"{n_first} warm-up and the last). Use more steps or `dense_first=...` smaller.")
+        if cost.selection_pays:
+            mid = n - n_first - n_last
+            budget = _solve_budget(cost, (target - n_first - n_last) / mid)
+            if budget is not None and budget >= MIN_TOKEN_BUDGET:
+                return [1.0] * n_first + [budget] * mid + [1.0] * n_last
+        computed = MIN_TOKEN_BUDGET if cost.selection_pays else 1.0
+        if self.dense_first is None:
+            n_first = max(n_first, MIN_DENSE_FIRST_WITH_SKIPS)
+        if self.dense_last and self.dense_first is None:
+            n_last = max(n_last, int(round(0.1 * n)))
+        while True:
+            mid = n - n_first - n_last
+            spare = target - n_first - n_last - mid * cost.skip_cost
+            m = int(math.floor(spare / (cost.step_cost(computed) - cost.skip_cost) + 1e-9)) if mid > 0 else -1
+            if m >= 0 or (n_first <= 1 and n_last <= int(self.dense_last)):
+                break
+            if n_last > int(self.dense_last):
+                n_last -= 1
+            else:
+                n_first -= 1
+        if m < 0:
+            best = cost.speedup([1.0] + [0.0] * (n - 1 - int(self.dense_last)) + [1.0] * int(self.dense_last))
+            raise ValueError(
+                f"`speedup`={self.speedup} is not reachable in {n} steps with a dense first step"
+                f"{' and a dense last step' if self.dense_last else ''} (the most this cost model predicts is about "
+                f"{best:.2f}x). Ask for a lower speedup or more steps."
+            )
+        m = min(m, mid)
+        positions = {int(math.floor(i * mid / m)) for i in range(m)} if m else set()
+        middle = [computed if j in positions else 0.0 for j in range(mid)]
+        return [1.0] * n_first + middle + [1.0] * n_last
 
     # ------------------------------------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
@@ -196,7 +276,7 @@ class BudgetSchedule:
         if version != SCHEDULE_FORMAT_VERSION:
             raise ValueError(f"Schedule{where} has format_version={version}; this vdit-accel reads version "
                              f"{SCHEDULE_FORMAT_VERSION}. Re-run `vdit-accel search` to regenerate it.")
-        known = {"budgets", "budget", "dense_first", "dense_last", "speedup", "metadata"}
+        known = {"budgets", "budget", "dense_first", "dense_last", "speedup", "run_time", "metadata"}
         unknown = set(d) - known - {"format_version"}
         if unknown:
             raise ValueError(f"Corrupt schedule{where}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}.")
@@ -244,3 +324,29 @@ class BudgetSchedule:
                     f"searched for this setting (`vdit-accel search`), or pass `BudgetSchedule(budgets=...)` "
                     f"without metadata to apply it anyway."
                 )
+
+
+def _solve_budget(cost, step_cost_target: float) -> float | None:
+    """The largest budget in (0, 1] whose step cost is at most ``step_cost_target`` (bisection on the monotone
+    curve), rounded down to 1e-4; ``None`` when even the smallest budget costs more."""
+    if cost.step_cost(1.0) <= step_cost_target:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    if cost.step_cost(1e-4) > step_cost_target:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost.step_cost(max(mid, 1e-4)) <= step_cost_target:
+            lo = mid
+        else:
+            hi = mid
+    return max(1e-4, math.floor(lo * 1e4) / 1e4)
+
+
+def _check_run_time(tolerance: float = 0.02, max_skips: int = 2, warmup: int = 3) -> None:
+    for name, value, ok in (("tolerance", tolerance, _finite_number(tolerance) and tolerance >= 0),
+                            ("max_skips", max_skips, isinstance(max_skips, int) and max_skips >= 0),
+                            ("warmup", warmup, isinstance(warmup, int) and warmup >= 2)):
+        if not ok or isinstance(value, bool):
+            raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
+                             f"(e.g. 0.02), max_skips an int >= 0, warmup an int >= 2.")

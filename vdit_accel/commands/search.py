@@ -47,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offspring", type=int, default=30, help="children per generation (λ)")
     p.add_argument("--generations", type=int, default=30)
     p.add_argument("--grid", type=float, default=0.05, help="budget step of the genome")
-    p.add_argument("--min-budget", type=float, default=0.1, help="lowest budget of a step")
+    p.add_argument("--min-budget", type=float, default=0.1, help="lowest budget of a token-selected step")
+    p.add_argument("--no-skip", action="store_true",
+                   help="do not let steps take budget 0 (skipped: no block runs, every token takes its forecast)")
     p.add_argument("--tolerance", type=float, default=0.03,
                    help="ga: the repaired predicted cost lies in [(1-tol)/target, 1/target]")
     p.add_argument("--mutation", type=float, nargs=2, default=(0.1, 0.01), metavar=("START", "END"),
@@ -130,8 +132,9 @@ def transformer_inputs(evaluator) -> dict[str, Any]:
 
 
 def uniform_at_cost(cost, num_steps: int, target_cost: float) -> list[float]:
-    """The uniform schedule ``[b] * n`` (b continuous) whose predicted cost equals ``target_cost``."""
-    lo, hi = 0.0, 1.0
+    """The uniform schedule ``[b] * n`` (b continuous, > 0: token-selected steps) whose predicted cost equals
+    ``target_cost``."""
+    lo, hi = 1e-4, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
         if cost.schedule_cost([mid] * num_steps) > target_cost:
@@ -183,7 +186,7 @@ def run(args) -> int:
     cfg = SearchConfig(num_steps=spec.num_inference_steps, target_speedup=args.target_speedup,
                        mode="nsga2" if args.calibrate_only else args.mode,  # calibration needs no target
                        population=args.population, offspring=args.offspring, generations=args.generations,
-                       grid=args.grid, min_budget=args.min_budget, tolerance=args.tolerance,
+                       grid=args.grid, min_budget=args.min_budget, allow_skip=not args.no_skip, tolerance=args.tolerance,
                        mutation_start=args.mutation[0], mutation_end=args.mutation[1], seed=args.seed)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}.")
@@ -225,10 +228,10 @@ def run(args) -> int:
         cost = flops_cost(pipe.transformer, transformer_inputs(evaluator))
     else:
         print("[vdit-accel search] calibrating the cost model (timing the transformer at several budgets)...")
-        levels = cfg.levels
-        points = sorted({levels[0], 0.25, 0.5, 0.75, 1.0})
+        lowest = min(b for b in cfg.levels if b > 0)  # budget 0 (a skipped step) is timed separately
+        points = sorted({lowest, 0.25, 0.5, 0.75, 1.0})
         cost = calibrate(pipe.transformer, transformer_inputs(evaluator), budgets=points)
-    print(f"[vdit-accel search] cost model ({cost.source}): " +
+    print(f"[vdit-accel search] cost model ({cost.source}): skipped step: {cost.skip_cost:.3f}, " +
           ", ".join(f"θ={b:g}: {c:.3f}" for b, c in zip(cost.budgets, cost.costs)))
     if args.calibrate_only:
         cost.details.update(model=model_id, height=spec.height, width=spec.width, num_frames=spec.num_frames)
@@ -236,7 +239,7 @@ def run(args) -> int:
         print(f"[vdit-accel search] wrote the cost model to {args.out}; use it with --cost-model {args.out}")
         return 0
     if cfg.target_speedup is not None:
-        top = cost.max_speedup(cfg.num_steps, cfg.min_budget)
+        top = cost.max_speedup(cfg.num_steps, cfg.levels[0])
         if top < cfg.target_speedup:
             raise ValueError(
                 f"--target-speedup {cfg.target_speedup} is out of reach: with {cfg.num_steps} steps, step 0 dense and "

@@ -24,11 +24,14 @@ from ..kernels import gather_rows
 from ..runtime import AccelRuntime, ContextStateManager, Selection
 from ..runtime.processors import ProcessorSwap
 from . import register_method
+from .forecast import TaylorForecast
+from .step_forecast import STEP_FORECAST_HOOK, StepForecastHook
 from .token_counts import bucket_count, budget_size_hint, selected_count
 
 BLOCK_HOOK = "vdit_accel_token_selection"
 ROWS_HOOK = "vdit_accel_token_rows"
-CACHE_MODES = ("residual", "output")
+CACHE_MODES = ("output", "residual", "forecast")
+CACHE_DTYPES = (None, "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -47,10 +50,27 @@ class TokenSelectionConfig:
             Weight of the staleness penalty ``exp(n_skip)``. Higher refreshes long-skipped tokens sooner (less
             drift, less freedom to follow the significance term). Published optimum ≈ 0.5.
         cache (`str`, defaults to ``"output"``):
-            What a skipped token reuses: ``"output"`` reuses the cached raw block output; ``"residual"`` adds the
-            cached block residual (output − input) to its current input. On the bundled trained model raw-output
-            caching measured better SSIM at every budget and better PSNR at θ = 0.7 and 0.4
-            (benchmarks/results/cache_modes.md), so it is the default; on random weights residual caching wins.
+            What a token that is not recomputed takes: ``"output"`` its cached raw block output (stale);
+            ``"residual"`` its current input plus the cached block residual (output − input); ``"forecast"`` a
+            per-token first-order Taylor forecast along the timestep axis from the steps at which that token was last
+            computed (TaylorSeer's idea per token, :mod:`vdit_accel.methods.forecast`). Measured on the bundled model
+            in benchmarks/results/cache_modes.md. (Skipped steps, budget 0, always forecast the transformer's output:
+            :mod:`vdit_accel.methods.step_forecast`.)
+        forecast_order (`int`, defaults to 1):
+            Taylor order of the forecasts: 1 (linear) or 2 (quadratic, one more cached tensor per block).
+        forecast_horizon (`float`, *optional*, defaults to 0.5):
+            Cap on how far a token's forecast extrapolates, in units of its last computed interval; ``None`` is
+            unbounded. The tokens left out are the ones the scorer expects to change least, often for several steps:
+            a full-length extrapolation overshoots for them (bundled model, θ = 0.7: 24.0 dB at 1.0, 42.9 dB at 0.5,
+            41.5 dB for stale outputs; benchmarks/results/cache_modes.md).
+        cache_dtype (`str`, *optional*):
+            Storage dtype of the per-block caches: ``None`` keeps the model's dtype; ``"bfloat16"`` / ``"float16"``
+            halve the cache memory of an fp32 model (benchmarks/results/cache_modes.md has the quality cost).
+        dense_fast_path (`bool`, defaults to True):
+            A dense step that no later step of the run needs per-block caches from (a run of dense and skipped steps,
+            or the dense steps after the last token-selected one) runs the family's own processors with no
+            bookkeeping, at the cost of a plain dense step. The budget search turns it off: its prefix sharing needs
+            each step's state to depend on the budgets so far only.
         normalize_significance (`bool`, defaults to True):
             Divide ``LSE·Δ`` by its per-sample mean, so ``w_beta`` means the same on every model whatever the scale
             of its hidden states. With False the published formula is used verbatim.
@@ -69,6 +89,10 @@ class TokenSelectionConfig:
     cache: str = "output"
     normalize_significance: bool = True
     min_tokens: int = 1
+    forecast_order: int = 1
+    forecast_horizon: float | None = 0.5
+    cache_dtype: str | None = None
+    dense_fast_path: bool = True
     token_buckets: int | None = 20
 
     def __post_init__(self):
@@ -81,6 +105,16 @@ class TokenSelectionConfig:
                             f"{self.normalize_significance!r}.")
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 1:
             raise ValueError(f"`TokenSelectionConfig.min_tokens` must be an int >= 1, got {self.min_tokens!r}.")
+        if isinstance(self.forecast_order, bool) or self.forecast_order not in (1, 2):
+            raise ValueError(f"`TokenSelectionConfig.forecast_order` must be 1 or 2, got {self.forecast_order!r}.")
+        if self.forecast_horizon is not None:
+            check_number("TokenSelectionConfig.forecast_horizon", self.forecast_horizon, 0.0, None,
+                         " Use None for unbounded extrapolation.")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"`TokenSelectionConfig.cache_dtype` must be one of {CACHE_DTYPES}, got "
+                             f"{self.cache_dtype!r}.")
+        if not isinstance(self.dense_fast_path, bool):
+            raise TypeError(f"`TokenSelectionConfig.dense_fast_path` must be a bool, got {self.dense_fast_path!r}.")
         if self.token_buckets is not None and (isinstance(self.token_buckets, bool) or not isinstance(
                 self.token_buckets, int) or self.token_buckets < 1):
             raise ValueError(f"`TokenSelectionConfig.token_buckets` must be an int >= 1 or None (exact counts), got "
@@ -96,13 +130,23 @@ class BlockCacheState(BaseState):
     def reset(self, *args, **kwargs) -> None:
         self.last_input: torch.Tensor | None = None  # [B, N, C] block input when each token was last computed
         self.cached: torch.Tensor | None = None  # [B, N, C] residual (output - input) or raw output
+        self.forecast: TaylorForecast | None = None  # cache="forecast": per-token Taylor history of the output
         self.lse: torch.Tensor | None = None  # [B, N] fp32 LSE (mean over heads) of the last computation
         self.n_skip: torch.Tensor | None = None  # [B, N] consecutive skipped steps
         self.step: int = -1
 
-    def is_valid_for(self, x: torch.Tensor, step: int) -> bool:
-        return (self.last_input is not None and self.last_input.shape == x.shape and self.lse is not None
-                and step > self.step)
+    @property
+    def reuse_source(self) -> torch.Tensor | None:
+        """What tokens that are not recomputed derive from: the cached tensor, or the forecast's last values."""
+        return self.forecast.value if self.forecast is not None else self.cached
+
+    def nbytes(self) -> int:
+        tensors = (self.last_input, self.cached, self.lse, self.n_skip)
+        own = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return own + (self.forecast.nbytes() if self.forecast is not None else 0)
+
+
+_CACHE_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def select_tokens(state: BlockCacheState, x: torch.Tensor, budget: float, cfg: TokenSelectionConfig):
@@ -128,11 +172,16 @@ class TokenSelectionBlockHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, runtime: AccelRuntime, config: TokenSelectionConfig, block_name: str):
+    def __init__(self, runtime: AccelRuntime, config: TokenSelectionConfig, block_name: str,
+                 counters: tuple[str, ...] = ()):
         super().__init__()
         self.runtime = runtime
         self.config = config
         self.block_name = block_name
+        self.counters = counters  # statistics counters of the block's per-token submodules
+        self.cache_dtype = _CACHE_DTYPES[config.cache_dtype]
+        self.plain = False  # set by prepare_call: a dense call that keeps no caches (the fast path)
+        self.timestep = torch.zeros((), dtype=torch.float64)
         self.state_manager = ContextStateManager(BlockCacheState)
         self.metadata = None
         # set by prepare_call (eager) for the running transformer call
@@ -169,6 +218,10 @@ class TokenSelectionBlockHook(ModelHook):
         self.active_state = state
         self.budget = rt.budget if reusable else 1.0
         self.sparse = self.budget < 1.0  # the traced forward branches on this bool, not on the budget's value
+        self.plain = (not self.sparse and self.config.dense_fast_path and rt.plain_attention
+                      and not rt.selection_ahead())
+        # the forecasts' axis as a tensor: traced, a Python float would be a guard and recompile every step
+        self.timestep = torch.tensor(rt.timestep, dtype=torch.float64)
         self.budget_size = budget_size_hint(self.budget, self.config, self.budget_size)
 
     def new_forward(self, module, *args, **kwargs):
@@ -178,6 +231,8 @@ class TokenSelectionBlockHook(ModelHook):
             self.prepare_call()
         state = self.active_state
         x = md._get_parameter_from_args_kwargs(md.hidden_states_argument_name, args, kwargs)
+        if self.plain:
+            return self._dense(x, args, kwargs)
         index = None
         if self.sparse and state.last_input.shape == x.shape:
             selector = rt.extras.get("select_tokens")  # seam: per-shard selection (parallel.py)
@@ -208,6 +263,23 @@ class TokenSelectionBlockHook(ModelHook):
         output[md.return_hidden_states_index] = y
         return tuple(output)
 
+    def _dense(self, x: torch.Tensor, args, kwargs):
+        """Fast path of a dense call that no later step needs caches from: the block exactly as without
+        acceleration (the family's own processors), counted in the statistics."""
+        rt = self.runtime
+        rows = x.shape[0] * x.shape[1]
+        rt.record_block(x.shape[0], x.shape[1])
+        for counter in ("attention_queries", "attention_keys", *self.counters):
+            rt.count(counter, rows)
+        previous, rt.selection = rt.selection, None
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            rt.selection = previous
+
+    def _store(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(self.cache_dtype or t.dtype, copy=True)
+
     def _count(self, n: int) -> int:
         if self.budget_size is None:
             return selected_count(n, self.budget, self.config)
@@ -218,11 +290,18 @@ class TokenSelectionBlockHook(ModelHook):
         # Every cache update is out of place (new tensors bound to the state, never written into): under torch.compile
         # two cached tensors may share one buffer (inductor merges equal values, e.g. block i's cached output and
         # block i+1's cached input), and an in-place write into one would corrupt the other.
-        residual_mode = self.config.cache == "residual"
+        mode = self.config.cache
+        t = self.timestep
         lse = sel.lse if sel.lse is not None else torch.zeros(x.shape[:2], device=x.device)
         if sel.index is None:
-            state.last_input = x.detach().clone()
-            state.cached = (y - x) if residual_mode else y.detach().clone()
+            state.last_input = self._store(x)
+            if mode == "forecast":
+                if state.forecast is None:
+                    state.forecast = TaylorForecast(self.config.forecast_order, self.config.forecast_horizon,
+                                                    self.cache_dtype)
+                state.forecast.update(y, t)
+            else:
+                state.cached = self._store(y - x if mode == "residual" else y)
             state.lse = lse.float()
             state.n_skip = torch.zeros(x.shape[:2], device=x.device, dtype=torch.int32)
             return y
@@ -230,10 +309,17 @@ class TokenSelectionBlockHook(ModelHook):
         view = idx.unsqueeze(-1).expand(-1, -1, y.shape[-1])
         y_sel = gather_rows(y, idx)
         x_sel = gather_rows(x, idx)
-        merged = (x + state.cached.to(x.dtype)) if residual_mode else state.cached.to(y.dtype)
+        if mode == "forecast":
+            merged = state.forecast.predict(t, dtype=y.dtype)
+            state.forecast.update(y_sel, t, idx)
+        elif mode == "residual":
+            merged = x + state.cached.to(x.dtype)
+            state.cached = state.cached.scatter(1, view, (y_sel - x_sel).to(state.cached.dtype))
+        else:
+            merged = state.cached.to(y.dtype, copy=True)
+            state.cached = state.cached.scatter(1, view, y_sel.to(state.cached.dtype))
         merged = merged.scatter(1, view, y_sel)
-        state.cached = state.cached.scatter(1, view, (y_sel - x_sel) if residual_mode else y_sel)
-        state.last_input = state.last_input.scatter(1, view, x_sel)
+        state.last_input = state.last_input.scatter(1, view, x_sel.to(state.last_input.dtype))
         state.lse = state.lse.scatter(1, idx, lse.float())
         state.n_skip = (state.n_skip + 1).scatter(1, idx, 0)
         return merged
@@ -278,12 +364,15 @@ def apply_token_selection(transformer: torch.nn.Module, adapter, runtime: AccelR
         for sub, layout in adapter.token_wise_of(block_name).items():
             HookRegistry.check_if_exists_or_initialize(getattr(block, sub)).register_hook(
                 RowSubsetHook(runtime, layout, adapter.counter_of(sub)), ROWS_HOOK)
+        counters = tuple(c for c in (adapter.counter_of(sub) for sub in adapter.token_wise_of(block_name)) if c)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(
-            TokenSelectionBlockHook(runtime, config, block_name), BLOCK_HOOK)
+            TokenSelectionBlockHook(runtime, config, block_name, counters), BLOCK_HOOK)
     for block_name, block in blocks:
         name = f"{block_name}.{adapter.self_attention}"
         swap.install(name, adapter.make_processor(getattr(block, adapter.self_attention).processor, runtime))
     runtime.processor_swaps.append(swap)
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(
+        StepForecastHook(runtime, config.forecast_order), STEP_FORECAST_HOOK)
 
     def remove() -> None:
         for block_name, block in blocks:
@@ -294,6 +383,9 @@ def apply_token_selection(transformer: torch.nn.Module, adapter, runtime: AccelR
             registry = getattr(block, "_diffusers_hook", None)
             if registry is not None and registry.get_hook(BLOCK_HOOK) is not None:
                 registry.remove_hook(BLOCK_HOOK, recurse=False)
+        registry = getattr(transformer, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(STEP_FORECAST_HOOK) is not None:
+            registry.remove_hook(STEP_FORECAST_HOOK, recurse=False)
         swap.restore()
         if swap in runtime.processor_swaps:
             runtime.processor_swaps.remove(swap)

@@ -80,6 +80,7 @@ class StepRecord:
     cross_attention_tokens: int = 0
     ffn_tokens: int = 0
     attention_keys: int = 0  # video key rows seen by self-attention (always all tokens)
+    skipped: bool = False  # a budget-0 step: no block ran, the output is a forecast
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,6 +93,8 @@ class AccelRuntime:
     budgets: list[float] | None = None
     step: int = 0
     num_steps: int = 0
+    timestep: float = 0.0  # the transformer's timestep argument this call (the axis of the forecasts)
+    auto: Any = None  # schedule="auto": the run-time skip decider (vdit_accel.methods.step_forecast.AutoDecider)
     context: str = "default"
     selection: Selection | None = None
     records: list[StepRecord] = field(default_factory=list)
@@ -116,6 +119,20 @@ class AccelRuntime:
         if self.budgets is None:
             return 1.0
         return self.budgets[min(self.step, len(self.budgets) - 1)]
+
+    def selection_ahead(self) -> bool:
+        """Whether a later step of this run recomputes a fraction of the tokens (0 < budget < 1). Only then must a
+        dense step keep the per-block caches; a run of dense and skipped steps needs none of them."""
+        if self.budgets is None:
+            return False
+        return any(0.0 < b < 1.0 for b in self.budgets[self.step + 1:])
+
+    @property
+    def plain_attention(self) -> bool:
+        """No other method hooks into the query-sparse attention (score reuse, context parallelism, custom
+        selection), so a dense step may run the family's own processors."""
+        return (not self.qk_transforms and self.attention_fn is query_sparse_attention
+                and "select_tokens" not in self.extras)
 
     @property
     def current(self) -> StepRecord | None:
@@ -159,9 +176,10 @@ class AccelRuntime:
         self.flush_counts()
         steps: dict[int, dict[str, Any]] = {}
         for r in self.records:
-            s = steps.setdefault(r.step, dict(step=r.step, budget=r.budget, calls=0, attention_queries=0,
+            s = steps.setdefault(r.step, dict(step=r.step, budget=r.budget, calls=0, skipped=0, attention_queries=0,
                                               cross_attention_tokens=0, ffn_tokens=0, dense_tokens=0))
             s["calls"] += 1
+            s["skipped"] += int(r.skipped)
             for k in ("attention_queries", "cross_attention_tokens", "ffn_tokens"):
                 s[k] += getattr(r, k)
             s["dense_tokens"] += r.video_tokens * r.blocks * r.batch

@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
 
-from ..cost import block_flops
+from ..cost import CostModel
 from ..schedule import BudgetSchedule
 from ..shipped import check_schedule_for_run
 from .handle import TRANSFORMER_COMPONENTS
@@ -170,11 +170,14 @@ class StepTrackerHook(ModelHook):
         for swap in rt.processor_swaps:
             swap.check()
         resolver = rt.step_resolver
+        timestep = self._timestep(args, kwargs)
+        if timestep is not None:
+            rt.timestep = float(timestep.float().max()) if torch.is_tensor(timestep) else float(timestep)
         marker = None
         if resolver is None:
             step, num_steps = rt.step, rt.num_steps or (len(rt.budgets) if rt.budgets else 1)
         else:
-            timestep = self.adapter.step_timestep(self._timestep(args, kwargs))
+            timestep = self.adapter.step_timestep(timestep)
             resolve_call = getattr(resolver, "resolve_call", None)
             if resolve_call is not None:
                 step, num_steps, marker = resolve_call(timestep, module)
@@ -191,7 +194,7 @@ class StepTrackerHook(ModelHook):
         if rt.budgets is None or (self._budget_key is not None and key != self._budget_key):
             if self.check_schedule:
                 check_schedule_for_run(self.schedule, grid=rt.grid, num_steps=num_steps)
-            rt.budgets = self.schedule.resolve(num_steps, self._dense_fraction(module, n_text))
+            rt.budgets = self.schedule.resolve(num_steps, self._cost_model(module, n_text))
         self._budget_key = key
         context = self.state_manager.context_name
         if marker is not None:
@@ -237,9 +240,9 @@ class StepTrackerHook(ModelHook):
             self._implicit = False
         return output
 
-    def _dense_fraction(self, module, n_text: int) -> float:
+    def _cost_model(self, module, n_text: int) -> CostModel:
         f, h, w = self.runtime.grid
-        return block_flops(module, f * h * w, n_text).dense_fraction
+        return CostModel.from_flops(module, f * h * w, n_text)
 
     def reset_state(self, module):
         self.state_manager.reset()

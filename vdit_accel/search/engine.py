@@ -45,7 +45,9 @@ class SearchConfig:
         offspring (`int`, defaults to 30): children per generation (λ). Published: 30.
         generations (`int`, defaults to 30): generations after the initial population. Published: 30.
         grid (`float`, defaults to 0.05): budget step. Coarser is a smaller search space.
-        min_budget (`float`, defaults to 0.1): lowest budget a step may get.
+        min_budget (`float`, defaults to 0.1): lowest budget of a token-selected step.
+        allow_skip (`bool`, defaults to True): a step may also get budget 0 (no block runs; every token takes its
+            forecast), so the search explores dense, token-selected and skipped steps together.
         tolerance (`float`, defaults to 0.03): ``"ga"``: the repaired cost lies in
             ``[(1 − tolerance)/target, 1/target]`` (the speedup is at least the target, at most ~3 % above).
         crossover_prob (`float`, defaults to 0.9): chance a child comes from crossover (else a mutated copy).
@@ -64,6 +66,7 @@ class SearchConfig:
     generations: int = 30
     grid: float = 0.05
     min_budget: float = 0.1
+    allow_skip: bool = True
     tolerance: float = 0.03
     crossover_prob: float = 0.9
     block_crossover_prob: float = 0.5
@@ -100,10 +103,12 @@ class SearchConfig:
 
     @property
     def levels(self) -> list[float]:
-        """The budgets a step may take: multiples of ``grid`` from ``min_budget`` up, and 1.0."""
+        """The budgets a step may take: 0 (skipped, with ``allow_skip``), multiples of ``grid`` from ``min_budget``
+        up, and 1.0."""
         k0 = math.ceil(self.min_budget / self.grid - 1e-9)
         out = sorted({round(k * self.grid, 6) for k in range(k0, int(math.floor(1 / self.grid + 1e-9)) + 1)} | {1.0})
-        return [b for b in out if self.min_budget - 1e-9 <= b <= 1.0]
+        levels = [b for b in out if self.min_budget - 1e-9 <= b <= 1.0 and b > 0]
+        return ([0.0] if self.allow_skip else []) + levels
 
     def mutation_prob(self, generation: int) -> float:
         """Per-step mutation probability at ``generation`` (1-based): geometric decay from start to end."""

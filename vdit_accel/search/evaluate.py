@@ -21,6 +21,7 @@ Work is not repeated:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -161,6 +162,8 @@ class EvalStats:
 def supports_prefix_sharing(pipe) -> bool:
     from diffusers import WanPipeline
 
+    # WanPipeline or a subclass that only changes call defaults (the bundled TinyShapesWanPipeline): the denoising
+    # loop below is WanPipeline's own
     return (isinstance(pipe, WanPipeline) and getattr(pipe, "transformer_2", None) is None
             and not pipe.config.get("expand_timesteps", False) and pipe.config.get("boundary_ratio") is None)
 
@@ -185,7 +188,8 @@ class Evaluator:
                  cache_mb: float = 1024, cache_stride: int | None = None):
         self.pipe = pipe
         self.spec = spec
-        self.token_selection = token_selection or TokenSelectionConfig()
+        # prefix sharing needs each step's state to depend on the budgets so far only (see dense_fast_path)
+        self.token_selection = dataclasses.replace(token_selection or TokenSelectionConfig(), dense_fast_path=False)
         self.prefix_sharing = prefix_sharing and supports_prefix_sharing(pipe)
         pipe.set_progress_bar_config(disable=True)
         self.references = references if references is not None else dense_references(pipe, spec)

@@ -1,0 +1,121 @@
+"""Forecast caches (per-token Taylor along the timestep axis) and whole-step reuse (budget-0 steps)."""
+
+import pytest
+import torch
+
+import vdit_accel
+from vdit_accel import AccelerationConfig, BudgetSchedule, TokenSelectionConfig
+from vdit_accel.methods.forecast import TaylorForecast
+
+from .conftest import run_pipe
+
+
+def _rows(y, index):
+    return y.gather(1, index.unsqueeze(-1).expand(-1, -1, y.shape[-1]))
+
+
+@pytest.mark.parametrize("horizon", [None, 10.0])
+def test_first_order_forecast_is_exact_on_a_signal_linear_in_the_timestep(horizon):
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 12, 5), torch.randn(2, 12, 5)
+    signal = lambda t: a + b * t  # noqa: E731
+    f = TaylorForecast(order=1, horizon=horizon)
+    f.update(signal(1000.0), 1000.0)
+    f.update(signal(960.0), 960.0)
+    index = torch.tensor([[0, 3, 7], [1, 2, 11]])  # each row keeps its own last computed timesteps
+    f.update(_rows(signal(930.0), index), 930.0, index)
+    torch.testing.assert_close(f.predict(900.0), signal(900.0), rtol=1e-5, atol=1e-4)
+
+
+def test_second_order_forecast_is_exact_on_a_quadratic_signal():
+    torch.manual_seed(0)
+    a, b, c = torch.randn(3, 1, 6, 4).unbind(0)
+    signal = lambda t: a + b * t + c * t * t / 1000  # noqa: E731
+    f = TaylorForecast(order=2, horizon=None)
+    for t in (1000.0, 950.0, 875.0):
+        f.update(signal(t), t)
+    torch.testing.assert_close(f.predict(800.0), signal(800.0), rtol=1e-4, atol=1e-3)
+
+
+def test_a_row_computed_once_is_held_and_repeated_timesteps_are_safe():
+    f = TaylorForecast(order=1)
+    x = torch.randn(1, 4, 3)
+    f.update(x, 500.0)
+    torch.testing.assert_close(f.predict(400.0), x)
+    f.update(x + 1, 500.0)  # the same timestep again (a direct transformer call): no division by zero
+    assert torch.isfinite(f.predict(400.0)).all()
+
+
+def test_horizon_caps_the_extrapolation():
+    f = TaylorForecast(order=1, horizon=1.0)
+    f.update(torch.zeros(1, 1, 1), 1000.0)
+    f.update(torch.ones(1, 1, 1), 990.0)  # slope: +1 per -10 timestep
+    assert f.predict(980.0).item() == pytest.approx(2.0)
+    assert f.predict(900.0).item() == pytest.approx(2.0)  # capped at one interval
+
+
+def test_budget_zero_step_runs_no_block_and_takes_the_forecast():
+    from vdit_accel.testing import build_tiny_wan_pipeline
+
+    pipe = build_tiny_wan_pipeline()
+    calls = []
+    for block in pipe.transformer.blocks:
+        block.register_forward_pre_hook(lambda m, a: calls.append(1))
+    pipe.enable_acceleration(schedule=[1.0, 1.0, 0.0, 1.0])
+    out = run_pipe(pipe, steps=4)
+    per_step = {s["step"]: s for s in vdit_accel.summary(pipe)["steps"]}
+    assert per_step[2]["ffn_tokens"] == 0 and per_step[2]["attention_queries"] == 0
+    assert per_step[2]["skipped"] == per_step[2]["calls"] == 2  # both CFG branches forecast
+    assert len(calls) == 3 * 2 * len(pipe.transformer.blocks)  # 3 computed steps x 2 branches x blocks
+    assert torch.isfinite(out).all()
+
+
+def test_budget_zero_on_the_first_call_runs_dense():
+    from vdit_accel.testing import build_tiny_wan_pipeline
+
+    pipe = build_tiny_wan_pipeline()
+    dense = run_pipe(pipe, steps=2)
+    pipe.enable_acceleration(schedule=BudgetSchedule(budgets=[0.0, 1.0]))
+    out = run_pipe(pipe, steps=2)
+    torch.testing.assert_close(out, dense, rtol=1e-4, atol=1e-5)  # step 0 has nothing to forecast from
+    assert vdit_accel.summary(pipe)["budgets"][0] == 1.0
+
+
+@pytest.mark.parametrize("cache", ["forecast", "output", "residual"])
+@pytest.mark.parametrize("cache_dtype", [None, "bfloat16"])
+def test_cache_modes_and_dtypes_run_token_selected_and_skipped_steps(cache, cache_dtype):
+    from vdit_accel.testing import build_tiny_wan_pipeline
+
+    pipe = build_tiny_wan_pipeline()
+    dense = run_pipe(pipe, steps=6)
+    pipe.enable_acceleration(AccelerationConfig(
+        schedule=[1, 1, 0.5, 0.0, 0.5, 1], token_selection=TokenSelectionConfig(cache=cache, cache_dtype=cache_dtype)))
+    out = run_pipe(pipe, steps=6)
+    assert torch.isfinite(out).all() and not torch.equal(out, dense)
+    pipe.disable_acceleration()
+    torch.testing.assert_close(run_pipe(pipe, steps=6), dense, rtol=0, atol=0)
+
+
+def test_planned_budgets_are_the_computed_ones():
+    """The first call of each CFG branch is dense, so the plan says so: predicted and computed token fractions agree."""
+    from vdit_accel.testing import build_tiny_wan_pipeline
+
+    pipe = build_tiny_wan_pipeline()
+    pipe.enable_acceleration(schedule=[0.5, 0.5, 0.5, 1.0, 0.0, 1.0])
+    run_pipe(pipe, steps=6)
+    s = vdit_accel.summary(pipe)
+    assert s["budgets"][0] == 1.0
+    for step in s["steps"]:
+        planned = s["budgets"][step["step"]]
+        assert step["ffn_tokens"] == pytest.approx(planned * step["dense_tokens"], abs=step["calls"] * 4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(cache="stale"), "cache"),
+    (dict(forecast_order=3), "forecast_order"),
+    (dict(cache_dtype="int8"), "cache_dtype"),
+    (dict(forecast_horizon=-1.0), "forecast_horizon"),
+])
+def test_forecast_settings_are_validated(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TokenSelectionConfig(**kwargs)
