@@ -98,6 +98,9 @@ class BudgetSchedule:
             For a rule schedule: keep the last step dense (it sets the fine detail).
         speedup (`float`, *optional*):
             For a rule schedule: a target transformer speedup; ``budget`` is then derived with the linear cost model.
+        skip_steps (`bool`, defaults to True):
+            For a ``speedup`` rule: whether the plan may skip whole steps (budget 0: no block runs, the output is a
+            forecast). With False every non-dense step is token-selected at one budget.
         run_time (`dict`, *optional*):
             A run-time schedule (``schedule="auto"``, :meth:`auto`): no budgets are planned; each step is computed or
             skipped at run time from the forecast error the run shows (``AutoDecider`` settings).
@@ -110,6 +113,7 @@ class BudgetSchedule:
     dense_first: int | None = None
     dense_last: bool = True
     speedup: float | None = None
+    skip_steps: bool = True
     run_time: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -170,9 +174,10 @@ class BudgetSchedule:
         return cls(budget=budget, dense_first=dense_first, dense_last=dense_last)
 
     @classmethod
-    def for_speedup(cls, speedup: float, dense_first: int | None = None, dense_last: bool = True) -> "BudgetSchedule":
+    def for_speedup(cls, speedup: float, dense_first: int | None = None, dense_last: bool = True,
+                    skip_steps: bool = True) -> "BudgetSchedule":
         """A rule schedule aiming at a predicted transformer ``speedup`` (dense warm-up and last step kept)."""
-        return cls(speedup=speedup, dense_first=dense_first, dense_last=dense_last)
+        return cls(speedup=speedup, dense_first=dense_first, dense_last=dense_last, skip_steps=skip_steps)
 
     @classmethod
     def from_any(cls, obj: "BudgetSchedule | Sequence[float] | str | os.PathLike | dict") -> "BudgetSchedule":
@@ -229,11 +234,19 @@ class BudgetSchedule:
                 return [1.0] * n
             raise ValueError(f"`speedup`={self.speedup} is not reachable in {n} steps: every step is dense (the first "
                              f"{n_first} warm-up and the last). Use more steps or `dense_first=...` smaller.")
-        if cost.selection_pays:
-            mid = n - n_first - n_last
-            budget = _solve_budget(cost, (target - n_first - n_last) / mid)
-            if budget is not None and budget >= MIN_TOKEN_BUDGET:
-                return [1.0] * n_first + [budget] * mid + [1.0] * n_last
+        if cost.selection_pays or not self.skip_steps:
+            while True:  # token-selected steps only; shrink the dense warm-up if the target needs it
+                mid = n - n_first - n_last
+                budget = _solve_budget(cost, (target - n_first - n_last) / mid) if mid > 0 else None
+                if budget is not None and budget >= (MIN_TOKEN_BUDGET if self.skip_steps else 0.05):
+                    return [1.0] * n_first + [budget] * mid + [1.0] * n_last
+                if self.skip_steps or n_first <= 1:
+                    break
+                n_first -= 1
+            if not self.skip_steps:
+                raise ValueError(f"`speedup`={self.speedup} is not reachable in {n} steps with token-selected steps "
+                                 f"only (skip_steps=False): the budgets would fall below 0.05. Allow skipped steps, "
+                                 f"ask for a lower speedup or use more steps.")
         computed = MIN_TOKEN_BUDGET if cost.selection_pays else 1.0
         if self.dense_first is None:
             n_first = max(n_first, MIN_DENSE_FIRST_WITH_SKIPS)
@@ -276,7 +289,7 @@ class BudgetSchedule:
         if version != SCHEDULE_FORMAT_VERSION:
             raise ValueError(f"Schedule{where} has format_version={version}; this vdit-accel reads version "
                              f"{SCHEDULE_FORMAT_VERSION}. Re-run `vdit-accel search` to regenerate it.")
-        known = {"budgets", "budget", "dense_first", "dense_last", "speedup", "run_time", "metadata"}
+        known = {"budgets", "budget", "dense_first", "dense_last", "speedup", "skip_steps", "run_time", "metadata"}
         unknown = set(d) - known - {"format_version"}
         if unknown:
             raise ValueError(f"Corrupt schedule{where}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}.")

@@ -186,7 +186,7 @@ def initial_genomes(cfg: SearchConfig, cost: CostModel, rng: random.Random) -> l
     if cfg.mode == "ga":
         out.append([1.0] + [levels[len(levels) // 2]] * (n - 1))  # repaired to a uniform-ish schedule
         try:
-            out.append(BudgetSchedule.for_speedup(cfg.target_speedup).resolve(n))
+            out.append(BudgetSchedule.for_speedup(cfg.target_speedup, skip_steps=cfg.allow_skip).resolve(n, cost))
         except ValueError:
             pass
         while len(out) < cfg.population:
@@ -198,7 +198,8 @@ def initial_genomes(cfg: SearchConfig, cost: CostModel, rng: random.Random) -> l
             ga = dataclasses.replace(cfg, mode="ga")
             out.append(repair([1.0] + [levels[len(levels) // 2]] * (n - 1), ga, cost, rng))
             try:
-                out.append(repair(BudgetSchedule.for_speedup(cfg.target_speedup).resolve(n), ga, cost, rng))
+                out.append(repair(BudgetSchedule.for_speedup(cfg.target_speedup, skip_steps=cfg.allow_skip)
+                                  .resolve(n, cost), ga, cost, rng))
             except ValueError:
                 pass
         for k in range(min(cfg.population // 2, len(levels))):
