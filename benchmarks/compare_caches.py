@@ -44,6 +44,12 @@ BUILTIN = ("FirstBlockCache", "PyramidAttentionBroadcast", "TaylorSeer", "MagCac
 # nothing about the one on the trained model, so their speed there is not paired with the trained model's PSNR.
 DATA_DEPENDENT = ("FirstBlockCache", "MagCache")
 TIMES = ("pipeline_seconds", "transformer_seconds", "pipeline_cpu_seconds", "transformer_cpu_seconds")
+# Reporting prompts of the bundled model: used by no search and no tuning (the search trains on
+# results/search_train_prompts.json and checks on results/search_holdout_prompts.json).
+REPORT_PROMPTS = ["a purple circle moving down on a striped background",
+                  "a blue diamond moving right on a checkered background",
+                  "a yellow square moving up on a black background",
+                  "a red triangle moving left on a gray background"]
 WAN_ATTN_IDENTIFIERS = [r"(transformer_)?blocks\.\d+\.attn\d"]  # TaylorSeer's defaults match nothing on Wan
 
 
@@ -98,9 +104,15 @@ def quality_methods(pipe, settings, quick: bool, log=print) -> tuple[list[Method
     tr = pipe.transformer
     steps = settings.num_inference_steps
     methods = [Method("dense", "", lambda: None, lambda: None)]
-    for s in ([2.0] if quick else [1.5, 2.0, 3.0, 4.0]):
+    for s in ([2.0] if quick else [1.3, 1.5, 1.75, 2.0, 2.5]):
         methods.append(Method("vdit-accel", f"speedup={s}", (lambda s=s: enable_acceleration(pipe, AccelerationConfig(
             speedup=s))), lambda: disable_acceleration(pipe), dict(speedup=s)))
+    from vdit_accel import BudgetSchedule
+
+    for tol in ([0.1] if quick else [0.05, 0.1, 0.15, 0.25]):  # calibration-free run-time decisions
+        methods.append(Method("vdit-accel", f"auto, tolerance={tol}", (lambda tol=tol: enable_acceleration(
+            pipe, AccelerationConfig(schedule=BudgetSchedule.auto(tolerance=tol)))), lambda: disable_acceleration(pipe),
+            dict(schedule="auto", tolerance=tol)))
     reuse_cls = _reuse_config_cls()
     if reuse_cls is not None:
         # ReuseConfig(mode="emulate") reproduces reuse's effect on the output but runs dense attention: its quality
@@ -694,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-reps", type=int, default=1,
                    help="timed runs per method on the Wan-1.3B shape (each dense run takes minutes on 2 cores)")
     p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--name", default="caches", help="file stem of the results (e.g. caches_50steps)")
     args = p.parse_args(argv)
     for name in ("prompts", "reps", "steps", "quality_threads", "speed_layers", "speed_steps", "speed_reps"):
         v = getattr(args, name)
@@ -704,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     n_prompts = args.prompts or (1 if args.quick else 2)
     t0, load_start = time.perf_counter(), os.getloadavg()
     os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, "caches.json")
+    json_path = os.path.join(args.out, f"{args.name}.json")
     previous = {}
     if set(args.parts) != {"quality", "speed"} and os.path.isfile(json_path):
         with open(json_path) as f:
@@ -719,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
             if not bundled_model_available():
                 raise SystemExit("The bundled model is missing (vdit_accel/assets/tiny-shapes-t2v); train it, or pass "
                                  "--model tiny-wan (random weights: plumbing only, the PSNR means nothing).")
-            from vdit_accel.tiny_model import EXAMPLE_PROMPTS as prompts
+            prompts = REPORT_PROMPTS
         elif model in ("tiny-wan", "tiny-cogvideox"):
             prompts = ["a red car on the beach", "a dog running in the city", "a robot flying at night"]
         else:
@@ -746,11 +759,12 @@ def main(argv: list[str] | None = None) -> int:
     md = render_markdown(result)
     with open(json_path, "w") as f:
         json.dump(_json_safe(result), f, indent=1)
-    with open(os.path.join(args.out, "caches.md"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write(md)
-    plot(result, os.path.join(args.out, "caches_speed_vs_psnr.png"))
+    plot(result, os.path.join(args.out, f"{args.name}_speed_vs_psnr.png"))
     print(md)
-    print(f"[caches] wrote {json_path}, caches.md, caches_speed_vs_psnr.png in {time.perf_counter() - t0:.0f} s")
+    print(f"[caches] wrote {json_path}, {args.name}.md, {args.name}_speed_vs_psnr.png in "
+          f"{time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .schedule import DEFAULT_DENSE_FRACTION, BudgetSchedule
+from .schedule import BudgetSchedule
 
 BUNDLED_MODEL_ID = "vdit-accel/tiny-shapes-t2v"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -134,7 +134,7 @@ class ShippedSchedule(BudgetSchedule):
             raise ValueError("ShippedSchedule needs the searched budgets (`searched`).")
         BudgetSchedule(budgets=self.searched)  # same validation as explicit budgets
 
-    def resolve(self, num_steps: int, dense_fraction: float = DEFAULT_DENSE_FRACTION) -> list[float]:
+    def resolve(self, num_steps: int, cost=None) -> list[float]:
         return resample_budgets(self.searched, num_steps)
 
     def to_dict(self) -> dict[str, Any]:  # saves as an ordinary explicit schedule file
@@ -156,4 +156,6 @@ def shipped_schedule_for(pipe) -> BudgetSchedule | None:
     if path is None:
         return None
     sched = BudgetSchedule.load(path)
+    if sched.budgets is None:  # a rule (e.g. a speedup target): it resolves for any step count itself
+        return sched
     return ShippedSchedule(searched=list(sched.budgets), metadata=dict(sched.metadata))
