@@ -77,6 +77,25 @@ def test_graphs_stay_bounded_over_a_changing_schedule_and_a_repeat_compiles_noth
     assert counter.frame_count == compiled, "a repeat call must not compile again"
 
 
+@pytest.mark.parametrize("cache", ["forecast", "output"])
+def test_forecasts_and_skipped_steps_compile_bounded_and_equal_eager(cache):
+    """Per-token forecasts (their timestep axis is a tensor, not a guarded float) and budget-0 steps (the step hook
+    decides eagerly) compile a bounded number of graphs over a run and match eager from the first call."""
+    schedule = [1.0, 1.0, 0.5, 0.0, 0.4, 0.0, 0.7, 1.0]
+    pipe = testing.build_tiny_wan_pipeline(num_layers=2)
+    pipe.enable_acceleration(schedule=schedule, token_selection=TokenSelectionConfig(cache=cache))
+    eager = _run(pipe, len(schedule))
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    pipe.transformer.compile(backend=counter)
+    out = _run(pipe, len(schedule))
+    torch.testing.assert_close(out, eager, rtol=0, atol=1e-4)
+    assert counter.frame_count <= 6, counter.frame_count
+    compiled = counter.frame_count
+    _run(pipe, len(schedule))
+    assert counter.frame_count == compiled, "a repeat call must not compile again"
+    assert vdit_accel.summary(pipe)["steps"][3]["skipped"] == 2
+
+
 def test_no_graph_break_inside_the_blocks():
     from vdit_accel.api import accelerate_transformer
     from vdit_accel.config import AccelerationConfig
