@@ -45,7 +45,7 @@ TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, 
 FULL = SimpleNamespace(model=WAN13B, layers=30, latent=(1, 16, 21, 60, 104), text=512, tokens=32760, heads=12,
                        head_dim=128, dtype=torch.bfloat16, warmup=2, repeats=3, loop_steps=10, backend="inductor")
 DRY = SimpleNamespace(model=TINY, layers=2, latent=(1, 16, 3, 8, 8), text=8, tokens=256, heads=2, head_dim=32,
-                      dtype=torch.bfloat16, warmup=1, repeats=1, loop_steps=4, backend="eager")
+                      dtype=torch.bfloat16, warmup=1, repeats=1, loop_steps=6, backend="eager")
 THETAS = (0.7, 0.5, 0.4)
 PRESETS = (2.0, 3.0)
 PRESET_STEPS = 50
@@ -128,10 +128,10 @@ def ideal(model, n_video: int, n_text: int, budgets: list[float]) -> float:
 
 
 def preset_budgets(model, speedup: float, n_video: int, n_text: int) -> list[float]:
-    from vdit_accel.cost import block_flops
+    from vdit_accel.cost import CostModel
     from vdit_accel.schedule import BudgetSchedule
 
-    return BudgetSchedule.for_speedup(speedup).resolve(PRESET_STEPS, block_flops(model, n_video, n_text).dense_fraction)
+    return BudgetSchedule.for_speedup(speedup).resolve(PRESET_STEPS, CostModel.from_flops(model, n_video, n_text))
 
 
 def time_dense(model, shape, device, clock: Clock) -> dict:

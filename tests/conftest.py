@@ -63,3 +63,14 @@ FAMILIES = {
 @pytest.fixture(params=list(FAMILIES), ids=list(FAMILIES))
 def tiny_pipe(request):
     return FAMILIES[request.param]()
+
+
+@pytest.fixture(autouse=True)
+def _restore_diffusers_attention_backend():
+    """``ModelMixin.set_attention_backend`` also sets diffusers' process-wide active backend; put it back after each
+    test so a test that picks a backend (test_compile) does not change the numerics of later ones."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    saved = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry._active_backend = saved
