@@ -40,6 +40,7 @@ from memory_full_depth import MODES, RESULTS, build, call_inputs, text_inputs  #
 CACHE_MODES = {k: v for k, v in MODES.items() if v is not None}
 SEQUENCE = [1.0, 0.7, 0.5, 0.0]  # budgets of each cache mode's timed run, step by step
 FAST_PATH_SCHEDULE = [1.0, 1.0, 1.0]
+FAST_PATH_CACHE = "forecast"  # the cache the fast-path-off run keeps (the fast path itself keeps none)
 
 
 def timed_call(model, kw: dict, enc: torch.Tensor) -> tuple[float, float]:
@@ -85,7 +86,7 @@ def measure(args, log=print, on_rep=None) -> dict:
 
     def fast(on: bool):
         key = "fast_path_on" if on else "fast_path_off"
-        times = run_schedule(model, FAST_PATH_SCHEDULE, dict(dense_fast_path=on), steps, enc)
+        times = run_schedule(model, FAST_PATH_SCHEDULE, dict(dense_fast_path=on, cache=FAST_PATH_CACHE), steps, enc)
         raw[key].append(times[1])
 
     def mode(name: str):
@@ -141,7 +142,15 @@ def summarize(args, model, raw: dict, repeats: int) -> dict:
 
 
 def _x(v) -> str:
-    return "—" if v is None else f"{v:.2f}×"
+    return "—" if v is None else f"{v:.2f}×" if v < 100 else f"{v:.0f}×"
+
+
+def _s(v: float) -> str:
+    return f"{v:.2f} s" if v >= 0.1 else f"{v * 1000:.1f} ms"
+
+
+def _ratio(v: float) -> str:
+    return f"{v:.3f}×" if v >= 0.01 else f"{v:.5f}×"
 
 
 def _pct(v) -> str:
@@ -168,9 +177,9 @@ def markdown(result: dict) -> str:
     for r in m["rows"]:
         if r["method"].startswith("fast_path"):
             label = ("dense_fast_path=True (default)" if r["method"] == "fast_path_on"
-                     else "dense_fast_path=False (caches kept)")
-            lines.append(f"| {label} | {r['wall_s']:.2f} s | {r['cpu_s']:.2f} s | {r['wall_vs_dense']:.3f}× | "
-                         f"{r['cpu_vs_dense']:.3f}× |")
+                     else f"dense_fast_path=False (cache={cfg.get('fast_path_cache', 'forecast')!r} kept)")
+            lines.append(f"| {label} | {_s(r['wall_s'])} | {_s(r['cpu_s'])} | {_ratio(r['wall_vs_dense'])} | "
+                         f"{_ratio(r['cpu_vs_dense'])} |")
     lines += [
         "", "## Per cache mode: schedule [1.0, 0.7, 0.5, 0.0], every call timed", "",
         "θ = 1.0 is the first step, computed densely while keeping every cache; θ = 0 is a skipped step (no block "
@@ -184,8 +193,8 @@ def markdown(result: dict) -> str:
     for r in m["rows"]:
         if r["method"].startswith("fast_path"):
             continue
-        lines.append(f"| {r['method']} | {r['budget']} | {r['wall_s']:.2f} s | {r['cpu_s']:.2f} s | "
-                     f"{r['cpu_vs_dense']:.3f}× | {_x(r['speedup_wall'])} | {_x(r['speedup_cpu'])} | "
+        lines.append(f"| {r['method']} | {r['budget']} | {_s(r['wall_s'])} | {_s(r['cpu_s'])} | "
+                     f"{_ratio(r['cpu_vs_dense'])} | {_x(r['speedup_wall'])} | {_x(r['speedup_cpu'])} | "
                      f"{_x(r.get('flop_ideal'))} | {_pct(r.get('fraction_of_ideal_cpu'))} | "
                      f"{_x(r.get('cost_model_prediction'))} | {_pct(r.get('fraction_of_prediction_cpu'))} | "
                      f"{_pct(r.get('fraction_of_prediction_wall'))} |")
@@ -206,7 +215,14 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny shape, 1 layer, 1 repetition: a smoke run in seconds")
     p.add_argument("--out", default=os.path.join(RESULTS, "cache_mode_speed"), help="output path without suffix")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the Markdown next to a results JSON of this script")
     args = p.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            md = markdown(json.load(f))
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
+            f.write(md)
+        return print(md)
     if args.quick:
         args.shape, args.layers, args.frames, args.height, args.width, args.text, args.repeats = \
             "tiny", 1, 2, 8, 8, 8, 1
@@ -224,7 +240,7 @@ def save(args, command: str, load_before: list[float], speed: dict) -> dict:
                      torch=torch.__version__),
         config=dict(shape=args.shape, layers=args.layers, frames=args.frames, height=args.height, width=args.width,
                     text=args.text, repeats=speed["repeats_done"], threads=args.threads, sequence=SEQUENCE,
-                    fast_path_schedule=FAST_PATH_SCHEDULE),
+                    fast_path_schedule=FAST_PATH_SCHEDULE, fast_path_cache=FAST_PATH_CACHE),
         load_before=load_before, load_after=[round(x, 2) for x in os.getloadavg()], speed=speed,
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
