@@ -221,7 +221,12 @@ def markdown(result: dict) -> str:
         f"{cfg['dense_steps']} step(s) (it keeps nothing between calls). Each mode in its own process.", "",
         "Peak RSS: highest resident set sampled every 2 ms during the steps. Baseline: RSS after loading the model "
         "(weights + runtime). Working set = peak − baseline. Cache bytes: what vdit-accel's caches hold at their "
-        "largest (all blocks, both CFG branches, plus the whole-step forecast).", "",
+        "largest (all blocks, both CFG branches, plus the whole-step forecast). Per block and branch, `output` and "
+        "`residual` keep two [N, C] tensors (the block input and the cached output or residual), `forecast` three "
+        "(the block input, the last value and its first difference), all in the cache dtype. The RSS above "
+        "weights + caches + dense's working set is the allocator's: freed temporaries it keeps resident. "
+        "The quality side of the trade-off (PSNR per mode and cache dtype): benchmarks/results/cache_modes.md "
+        "(`benchmarks/cache_mode_compare.py`).", "",
         "| mode | peak RSS | baseline (loaded) | working set above weights | cache bytes held | working set / dense "
         "| peak / dense |",
         "|---|---|---|---|---|---|---|",
