@@ -109,7 +109,8 @@ class RssSampler:
 
 def cache_bytes(transformer) -> dict[str, int]:
     """Bytes held by vdit-accel's caches, over all CFG branches: per-block token caches and the whole-step forecast."""
-    from vdit_accel.methods.token_selection import BLOCK_HOOK, STEP_FORECAST_HOOK
+    from vdit_accel.methods.step_forecast import STEP_FORECAST_HOOK
+    from vdit_accel.methods.token_selection import BLOCK_HOOK
 
     blocks = 0
     for block in transformer.blocks:
