@@ -240,7 +240,8 @@ def markdown(result: dict) -> str:
                      f"{'—' if peak_ratio is None else f'{peak_ratio:.3f}×'} |")
     per_call = [f"{m}: " + ", ".join(f"{c['wall_s']:.0f}/{c['cpu_s']:.0f}" for c in r["calls"])
                 for m, r in rows.items()]
-    lines += ["", "Per-call wall/CPU seconds (steps × branches, in order): " + "; ".join(per_call) + ".", ""]
+    lines += ["", "Per-call wall/CPU seconds (steps × branches, in order): " + "; ".join(per_call) + "."]
+    lines += [""] + [f"Note: {n}" for n in result.get("notes", [])] + [""]
     return "\n".join(lines)
 
 
