@@ -119,3 +119,24 @@ def test_planned_budgets_are_the_computed_ones():
 def test_forecast_settings_are_validated(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TokenSelectionConfig(**kwargs)
+
+
+@pytest.mark.parametrize("builder", ["build_tiny_wan_pipeline", "build_tiny_cogvideox_pipeline",
+                                     "build_tiny_hunyuan_video_pipeline", "build_tiny_ltx_pipeline",
+                                     "build_tiny_mochi_pipeline"])
+def test_auto_schedule_skips_steps_and_decides_deterministically(builder):
+    """schedule="auto" decides at run time from the forecast error the run shows: it runs on every family, computes
+    fewer tokens than dense, and two runs decide the same budgets."""
+    from vdit_accel import testing
+
+    pipe = getattr(testing, builder)()
+    pipe.enable_acceleration(schedule=BudgetSchedule.auto(tolerance=10.0, max_skips=2))
+    budgets = []
+    for _ in range(2):
+        out = run_pipe(pipe, steps=10)
+        budgets.append(list(vdit_accel.summary(pipe)["budgets"]))
+    assert torch.isfinite(out).all()
+    assert budgets[0] == budgets[1]
+    assert 0.0 in budgets[0] and budgets[0][:3] == [1.0, 1.0, 1.0] and budgets[0][-1] == 1.0
+    s = vdit_accel.summary(pipe)
+    assert s["computed_token_fraction"] < 1.0

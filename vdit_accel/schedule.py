@@ -156,7 +156,7 @@ class BudgetSchedule:
         return cls()
 
     @classmethod
-    def auto(cls, tolerance: float = 0.02, max_skips: int = 2, warmup: int = 3) -> "BudgetSchedule":
+    def auto(cls, tolerance: float = 0.1, max_skips: int = 2, warmup: int = 3) -> "BudgetSchedule":
         """Decide at run time, calibration-free: a step is skipped (its output forecast) while the forecast error
         the run shows, grown with the square of the skip distance, stays below ``tolerance`` (relative); at most
         ``max_skips`` skips in a row; the first ``warmup`` calls and the last step are computed.
@@ -356,10 +356,10 @@ def _solve_budget(cost, step_cost_target: float) -> float | None:
     return max(1e-4, math.floor(lo * 1e4) / 1e4)
 
 
-def _check_run_time(tolerance: float = 0.02, max_skips: int = 2, warmup: int = 3) -> None:
+def _check_run_time(tolerance: float = 0.1, max_skips: int = 2, warmup: int = 3) -> None:
     for name, value, ok in (("tolerance", tolerance, _finite_number(tolerance) and tolerance >= 0),
                             ("max_skips", max_skips, isinstance(max_skips, int) and max_skips >= 0),
                             ("warmup", warmup, isinstance(warmup, int) and warmup >= 2)):
         if not ok or isinstance(value, bool):
             raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
-                             f"(e.g. 0.02), max_skips an int >= 0, warmup an int >= 2.")
+                             f"(e.g. 0.1), max_skips an int >= 0, warmup an int >= 2.")

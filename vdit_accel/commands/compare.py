@@ -53,6 +53,35 @@ class GenerationSettings:
 class Generation:
     frames: torch.Tensor  # [F, C, H, W] float in [0, 1]
     seconds: float
+    transformer_seconds: float = 0.0  # wall-clock inside the transformer calls
+    transformer_cpu_seconds: float = 0.0  # process CPU time inside the transformer calls
+
+
+class _TransformerClock:
+    """Wall-clock and process CPU time spent inside a pipeline's transformer calls (torch forward hooks around the
+    whole call, so diffusers' hooks and vdit-accel's skipped steps are inside)."""
+
+    def __init__(self, pipe):
+        self.wall = self.cpu = 0.0
+        self._start: list[tuple[float, float]] = []
+        self._handles = []
+        for name in ("transformer", "transformer_2"):
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                self._handles.append(module.register_forward_pre_hook(self._pre))
+                self._handles.append(module.register_forward_hook(self._post))
+
+    def _pre(self, *_):
+        self._start.append((time.perf_counter(), time.process_time()))
+
+    def _post(self, *_):
+        wall, cpu = self._start.pop()
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
 
 
 def generate(pipe, settings: GenerationSettings, progress: bool = True) -> Generation:
@@ -60,9 +89,13 @@ def generate(pipe, settings: GenerationSettings, progress: bool = True) -> Gener
     settings.validate()
     pipe.set_progress_bar_config(disable=not progress)
     kw = settings.pipeline_kwargs(pipe)
+    clock = _TransformerClock(pipe)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = pipe(**kw)
+    try:
+        with torch.inference_mode():
+            out = pipe(**kw)
+    finally:
+        clock.remove()
     seconds = time.perf_counter() - t0
     frames = out.frames
     if isinstance(frames, list):
@@ -70,7 +103,8 @@ def generate(pipe, settings: GenerationSettings, progress: bool = True) -> Gener
     frames = torch.as_tensor(frames)
     if frames.dim() == 5:
         frames = frames[0]
-    return Generation(frames=frames.float().clamp(0, 1).cpu(), seconds=seconds)
+    return Generation(frames=frames.float().clamp(0, 1).cpu(), seconds=seconds, transformer_seconds=clock.wall,
+                      transformer_cpu_seconds=clock.cpu)
 
 
 @dataclass
@@ -82,11 +116,27 @@ class Comparison:
 
     @property
     def speedup(self) -> float:
+        """Whole pipeline (text encoder, transformer, VAE), wall-clock."""
         return self.dense.seconds / self.accelerated.seconds
+
+    @property
+    def transformer_speedup(self) -> float:
+        """The transformer calls only (what vdit-accel accelerates), wall-clock."""
+        return self.dense.transformer_seconds / max(self.accelerated.transformer_seconds, 1e-9)
+
+    @property
+    def transformer_cpu_speedup(self) -> float:
+        """The transformer calls only, process CPU time (least inflated by other jobs on a shared machine)."""
+        return self.dense.transformer_cpu_seconds / max(self.accelerated.transformer_cpu_seconds, 1e-9)
 
     def report(self) -> dict[str, Any]:
         return dict(dense_seconds=self.dense.seconds, accelerated_seconds=self.accelerated.seconds,
                     speedup=self.speedup, speedup_kind="measured wall-clock ratio, one run each, same process",
+                    transformer_seconds=dict(dense=self.dense.transformer_seconds,
+                                             accelerated=self.accelerated.transformer_seconds),
+                    transformer_cpu_seconds=dict(dense=self.dense.transformer_cpu_seconds,
+                                                 accelerated=self.accelerated.transformer_cpu_seconds),
+                    transformer_speedup=self.transformer_speedup, transformer_cpu_speedup=self.transformer_cpu_speedup,
                     quality=self.metrics, acceleration=self.acceleration)
 
 

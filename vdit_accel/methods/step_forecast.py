@@ -56,7 +56,7 @@ class AutoDecider:
     ratio, so the defaults mean the same on every model.
     """
 
-    tolerance: float = 0.02
+    tolerance: float = 0.1
     max_skips: int = 2
     warmup: int = 3
 

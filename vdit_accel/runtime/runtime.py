@@ -175,6 +175,7 @@ class AccelRuntime:
         """Per-step token counts, summed over CFG branches: what ran, not what was skipped."""
         self.flush_counts()
         steps: dict[int, dict[str, Any]] = {}
+        dense_of: dict[str, int] = {}  # per CFG branch: the tokens a dense call runs (a skipped call records none)
         for r in self.records:
             s = steps.setdefault(r.step, dict(step=r.step, budget=r.budget, calls=0, skipped=0, attention_queries=0,
                                               cross_attention_tokens=0, ffn_tokens=0, dense_tokens=0))
@@ -182,7 +183,9 @@ class AccelRuntime:
             s["skipped"] += int(r.skipped)
             for k in ("attention_queries", "cross_attention_tokens", "ffn_tokens"):
                 s[k] += getattr(r, k)
-            s["dense_tokens"] += r.video_tokens * r.blocks * r.batch
+            if not r.skipped:
+                dense_of[r.context] = r.video_tokens * r.blocks * r.batch
+            s["dense_tokens"] += dense_of.get(r.context, 0)
         out = [steps[k] for k in sorted(steps)]
         total = sum(s["dense_tokens"] for s in out) or 1
         computed = sum(s["ffn_tokens"] for s in out)
