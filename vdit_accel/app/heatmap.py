@@ -31,8 +31,9 @@ def recompute_fractions(masks: dict, calls: Iterable[tuple[int, str, int]], grid
     Args:
         masks: ``{(step, context): {block_name: index [B, K]}}`` as recorded in ``AccelRuntime.masks``; indices point
             into the ``F'·H'·W'`` video tokens, flattened frame-major.
-        calls: one ``(step, context, num_blocks)`` per transformer call of the run (from ``AccelRuntime.records``).
-            Blocks of a call without a recorded index ran densely.
+        calls: one ``(step, context, num_blocks)`` or ``(step, context, num_blocks, skipped)`` per transformer call
+            of the run (from ``AccelRuntime.records``). Blocks of a call without a recorded index ran densely; a
+            skipped call (budget 0, the output forecast) recomputed nothing.
         grid: the latent token grid ``(F', H', W')``.
         num_steps: number of denoising steps; steps with no recorded call count as dense.
 
@@ -43,7 +44,10 @@ def recompute_fractions(masks: dict, calls: Iterable[tuple[int, str, int]], grid
     n = f * h * w
     computed = torch.zeros(num_steps, n, dtype=torch.float64)
     executions = torch.zeros(num_steps, dtype=torch.float64)
-    for step, context, num_blocks in calls:
+    for step, context, num_blocks, *rest in calls:
+        if rest and rest[0] and 0 <= step < num_steps:
+            executions[step] += 1  # a skipped call: no token recomputed
+            continue
         if not 0 <= step < num_steps or num_blocks <= 0:
             continue
         recorded = masks.get((step, context), {})
@@ -62,9 +66,9 @@ def recompute_fractions(masks: dict, calls: Iterable[tuple[int, str, int]], grid
     return out.clamp_(0.0, 1.0).reshape(num_steps, f, h, w).float()
 
 
-def runtime_calls(runtime) -> list[tuple[int, str, int]]:
-    """``(step, context, num_blocks)`` of every transformer call recorded by an :class:`AccelRuntime`."""
-    return [(r.step, r.context, r.blocks) for r in runtime.records]
+def runtime_calls(runtime) -> list[tuple[int, str, int, bool]]:
+    """``(step, context, num_blocks, skipped)`` of every transformer call recorded by an :class:`AccelRuntime`."""
+    return [(r.step, r.context, r.blocks, r.skipped) for r in runtime.records]
 
 
 def _colormap_lut(name: str = "magma") -> np.ndarray:
