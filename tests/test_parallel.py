@@ -5,7 +5,7 @@ compares with a single-process run in this process:
 
 * dense parallel output == dense single-process output (Ulysses, ring) for Wan and CogVideoX (joint attention);
 * accelerated parallel output == accelerated single-process output with the same per-rank budgets (the single-process
-  run selects per shard, ``parallel.emulate_rank_selection``), Ulysses and ring, acceleration enabled before or after
+  run selects per shard, ``testing.emulate_rank_selection``), Ulysses and ring, acceleration enabled before or after
   parallelism;
 * bad sizes give a clear error on every rank before generation; a failing rank makes every rank exit, no hang;
 * the CLI under torchrun writes the videos on rank 0 only.
@@ -135,7 +135,7 @@ def _reference(family: str, accelerated: bool):
     pipe = _build(family)
     if accelerated:
         pipe.enable_acceleration(schedule=BUDGETS)
-        parallel.emulate_rank_selection(pipe, WORLD)  # each rank's top-ceil(θ·N/2) of its own half
+        testing.emulate_rank_selection(pipe, WORLD)  # each rank's top-ceil(θ·N/2) of its own half
     return _latents(pipe, family), (_computed_fraction(pipe) if accelerated else 1.0)
 
 
@@ -325,7 +325,7 @@ def test_sharded_selector_matches_per_shard_selection():
     state.lse = torch.rand(2, 12, generator=g) * 3
     state.n_skip = torch.randint(0, 3, (2, 12), generator=g, dtype=torch.int32)
     cfg = TokenSelectionConfig()
-    index = parallel.sharded_selector(2)(state, x, 0.5, cfg)
+    index = testing.sharded_selector(2)(state, x, 0.5, cfg)
     assert index.shape == (2, 6)
     for s in range(2):
         sub = BlockCacheState()

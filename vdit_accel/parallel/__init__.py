@@ -69,7 +69,8 @@ How it works
 
 Modules: :mod:`.distributed` (``--parallel`` parsing, ``torchrun`` set-up, :func:`run_guarded`), :mod:`.setup`
 (:func:`enable_parallelism`, plans, processors), :mod:`.check` (:class:`ContextParallelCheckHook`), :mod:`.attention`
-(the LSE forward op and the query-sparse CP attention), :mod:`.emulation` (the single-process per-rank reference).
+(the LSE forward op and the query-sparse CP attention), and, in :mod:`vdit_accel.testing`, the single-process per-rank
+reference (``emulate_rank_selection``).
 The CLI side (``--parallel`` of ``vdit-accel generate``) is :mod:`vdit_accel.commands.parallel`.
 
 What is not supported: ``ulysses_anything`` / ``ring_anything`` (uneven shards), attention-score reuse (TimeRipple
@@ -81,12 +82,11 @@ from __future__ import annotations
 from .attention import install_cpu_lse_backend, lse_forward_op, make_cp_attention_fn
 from .check import CHECK_HOOK, ContextParallelCheckHook
 from .distributed import PARALLEL_HELP, init_distributed, is_main_process, parse_parallel, run_guarded
-from .emulation import emulate_rank_selection, sharded_selector
 from .setup import enable_parallelism, resolve_cp_plan
 
 
 __all__ = [
-    "CHECK_HOOK", "ContextParallelCheckHook", "PARALLEL_HELP", "emulate_rank_selection", "enable_parallelism",
+    "CHECK_HOOK", "ContextParallelCheckHook", "PARALLEL_HELP", "enable_parallelism",
     "init_distributed", "install_cpu_lse_backend", "is_main_process", "lse_forward_op", "make_cp_attention_fn",
-    "parse_parallel", "resolve_cp_plan", "run_guarded", "sharded_selector",
+    "parse_parallel", "resolve_cp_plan", "run_guarded",
 ]
