@@ -19,7 +19,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 import vdit_accel
 from vdit_accel import AccelerationConfig, BudgetSchedule, TokenSelectionConfig, testing
 from vdit_accel.runtime.processors import ProcessorReplacedError
-from vdit_accel.shipped import BUNDLED_MODEL_ID, SCHEDULES_DIR, SHIPPED_FILES
+from vdit_accel.shipped import BUNDLED_MODEL_ID
 
 from .conftest import hook_names, processors, run_pipe
 
@@ -146,18 +146,21 @@ def test_processor_set_after_enable_with_reuse_only_raises():
 
 
 # ------------------------------------------------------------- 5. schedule files checked against what they were for
-def test_shipped_schedule_file_on_another_model_raises_at_the_first_call():
-    path = SCHEDULES_DIR / SHIPPED_FILES[BUNDLED_MODEL_ID]
+def test_searched_schedule_file_on_another_size_raises_at_the_first_call(tmp_path):
+    """A schedule searched for the bundled model (its grid recorded, as `vdit-accel search` writes it) loads on any
+    Wan pipeline; the first call checks it against the run and names the override."""
+    path = tmp_path / "searched.json"
+    budgets = [1.0, 1.0, 0.5, 0.0, 1.0, 1.0]
+    BudgetSchedule(budgets=budgets, metadata=dict(model=BUNDLED_MODEL_ID, grid=[5, 8, 8], steps=6)).save(path)
     pipe = _wan()
     pipe.enable_acceleration(schedule=str(path))
-    steps = BudgetSchedule.load(path).metadata["steps"]
     with pytest.raises(ValueError, match=r"searched for grid=\[5, 8, 8\] but this run uses grid=\[5, 4, 4\].*"
                                          r"check_schedule=False"):
-        run_pipe(pipe, steps=steps)
+        run_pipe(pipe, steps=6)
     pipe.disable_acceleration()
     pipe.enable_acceleration(schedule=str(path), check_schedule=False)  # the documented override
-    run_pipe(pipe, steps=steps)
-    assert vdit_accel.summary(pipe)["budgets"] == BudgetSchedule.load(path).budgets
+    run_pipe(pipe, steps=6)
+    assert vdit_accel.summary(pipe)["budgets"] == budgets
 
 
 def test_schedule_for_another_model_is_refused_at_enable_time(tmp_path):
