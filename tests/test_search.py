@@ -236,7 +236,9 @@ def test_sigkill_mid_generation_then_resume_loses_nothing(tmp_path):
     from vdit_accel.cli import main
 
     full = tmp_path / "full.json"
-    args = _cli_args(tmp_path, "--target-speedup", "1.8", "--generations", "4")
+    # high mutation: every generation evaluates new genomes, so the run cannot finish between the first checkpoint
+    # and the kill on a loaded machine
+    args = _cli_args(tmp_path, "--target-speedup", "1.8", "--generations", "6", "--mutation", "0.5", "0.5")
     assert main([*args, "--out", str(full)]) == 0
     killed = tmp_path / "killed.json"
     proc = subprocess.Popen([sys.executable, "-m", "vdit_accel.cli", *args, "--out", str(killed)], env=ENV,
