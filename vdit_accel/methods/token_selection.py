@@ -69,8 +69,9 @@ class TokenSelectionConfig:
         dense_fast_path (`bool`, defaults to True):
             A dense step that no later step of the run needs per-block caches from (a run of dense and skipped steps,
             or the dense steps after the last token-selected one) runs the family's own processors with no
-            bookkeeping, at the cost of a plain dense step. The budget search turns it off: its prefix sharing needs
-            each step's state to depend on the budgets so far only.
+            bookkeeping, at the cost of a plain dense step; likewise a computed step keeps its output for the
+            skipped-step forecast only when a later step is skipped. The budget search turns it off: its prefix
+            sharing needs each step's state to depend on the budgets so far only.
         normalize_significance (`bool`, defaults to True):
             Divide ``LSE·Δ`` by its per-sample mean, so ``w_beta`` means the same on every model whatever the scale
             of its hidden states. With False the published formula is used verbatim.
@@ -192,13 +193,11 @@ class TokenSelectionBlockHook(ModelHook):
 
     def initialize_hook(self, module):
         self.metadata = TransformerBlockRegistry.get(type(module))
-        if self.prepare_call not in self.runtime.call_preparers:  # re-registered (parallel reorders hooks)
-            self.runtime.call_preparers.append(self.prepare_call)
+        self.runtime.add_call_preparer(self.prepare_call)
         return module
 
     def deinitalize_hook(self, module):  # diffusers' spelling: HookRegistry.remove_hook calls `deinitalize_hook`
-        if self.prepare_call in self.runtime.call_preparers:
-            self.runtime.call_preparers.remove(self.prepare_call)
+        self.runtime.remove_call_preparer(self.prepare_call)
         return module
 
     @torch.compiler.disable
@@ -372,7 +371,7 @@ def apply_token_selection(transformer: torch.nn.Module, adapter, runtime: AccelR
         swap.install(name, adapter.make_processor(getattr(block, adapter.self_attention).processor, runtime))
     runtime.processor_swaps.append(swap)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(
-        StepForecastHook(runtime, config.forecast_order), STEP_FORECAST_HOOK)
+        StepForecastHook(runtime, config.forecast_order, lazy=config.dense_fast_path), STEP_FORECAST_HOOK)
 
     def remove() -> None:
         for block_name, block in blocks:

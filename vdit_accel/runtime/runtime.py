@@ -120,6 +120,20 @@ class AccelRuntime:
             return 1.0
         return self.budgets[min(self.step, len(self.budgets) - 1)]
 
+    def add_call_preparer(self, fn: Callable[[], None], first: bool = False) -> None:
+        """Register ``fn`` to run (eagerly) before every transformer call, once; ``first`` puts it before the others."""
+        if fn not in self.call_preparers:  # hooks are re-registered when parallelism reorders them
+            self.call_preparers.insert(0, fn) if first else self.call_preparers.append(fn)
+
+    def remove_call_preparer(self, fn: Callable[[], None]) -> None:
+        if fn in self.call_preparers:
+            self.call_preparers.remove(fn)
+
+    def skip_ahead(self) -> bool:
+        """Whether a later step of this run is skipped (budget 0): only then must a computed step's output be kept
+        for the forecast."""
+        return self.budgets is not None and any(b <= 0.0 for b in self.budgets[self.step + 1:])
+
     def selection_ahead(self) -> bool:
         """Whether a later step of this run recomputes a fraction of the tokens (0 < budget < 1). Only then must a
         dense step keep the per-block caches; a run of dense and skipped steps needs none of them."""
