@@ -24,8 +24,13 @@ CHANGING = [1.0, 0.5, 0.45, 0.3, 0.7, 0.25, 0.4, 1.0]
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
+    # Count graphs as on a fresh checkout (CI): local profile-guided dynamic shapes and the on-disk graph caches
+    # remember earlier processes, and a warm machine then compiles fewer graphs and hides restarted traces.
     torch._dynamo.reset()
-    yield
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False), \
+            torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        yield
     torch._dynamo.reset()
 
 

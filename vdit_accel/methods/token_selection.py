@@ -182,7 +182,7 @@ class TokenSelectionBlockHook(ModelHook):
         self.counters = counters  # statistics counters of the block's per-token submodules
         self.cache_dtype = _CACHE_DTYPES[config.cache_dtype]
         self.plain = False  # set by prepare_call: a dense call that keeps no caches (the fast path)
-        self.timestep = torch.zeros((), dtype=torch.float64)
+        self.timestep = torch.zeros(1, dtype=torch.float64)
         self.state_manager = ContextStateManager(BlockCacheState)
         self.metadata = None
         # set by prepare_call (eager) for the running transformer call
@@ -219,8 +219,9 @@ class TokenSelectionBlockHook(ModelHook):
         self.sparse = self.budget < 1.0  # the traced forward branches on this bool, not on the budget's value
         self.plain = (not self.sparse and self.config.dense_fast_path and rt.plain_attention
                       and not rt.selection_ahead())
-        # the forecasts' axis as a tensor: traced, a Python float would be a guard and recompile every step
-        self.timestep = torch.tensor(rt.timestep, dtype=torch.float64)
+        # The forecasts' axis as a one-element tensor: traced, a Python float would be a guard and recompile every
+        # step, and a 0-dim CPU tensor is read as a scalar (``.item()``), which makes dynamo restart every first trace.
+        self.timestep = torch.tensor([rt.timestep], dtype=torch.float64)
         self.budget_size = budget_size_hint(self.budget, self.config, self.budget_size)
 
     def new_forward(self, module, *args, **kwargs):
