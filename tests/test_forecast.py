@@ -54,6 +54,31 @@ def test_horizon_caps_the_extrapolation():
     assert f.predict(900.0).item() == pytest.approx(2.0)  # capped at one interval
 
 
+def test_skipped_step_forecast_fits_its_damping_and_is_exact_on_a_linear_output():
+    """The skipped-step forecast moves the last output by a fitted fraction λ of the Taylor step: λ is the
+    least-squares factor that best predicted the output just computed (1 on a line, so skips are exact there),
+    clipped to [0, 1], and kept when there is nothing to fit."""
+    from vdit_accel.methods.step_forecast import StepForecastState, _damped_predict, _fit_damping
+
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 1, 40), torch.randn(1, 1, 40)
+    line = lambda t: a + b * t / 1000  # noqa: E731
+    state = StepForecastState(order=1)
+    for t in (1000.0, 950.0):
+        state.forecast.update(line(t), t)
+    assert _fit_damping(state.forecast, line(900.0), 900.0, 0.5) == pytest.approx(1.0, abs=1e-5)
+    state.damping = 1.0
+    torch.testing.assert_close(_damped_predict(state, 880.0), line(880.0), rtol=1e-5, atol=1e-5)
+    last = line(950.0)
+    step = state.forecast.predict(900.0) - last
+    assert _fit_damping(state.forecast, last + 0.3 * step, 900.0, 0.5) == pytest.approx(0.3, abs=1e-5)
+    assert _fit_damping(state.forecast, last - step, 900.0, 0.5) == 0.0  # overshooting the other way: reuse
+    assert _fit_damping(state.forecast, last + 3 * step, 900.0, 0.5) == 1.0
+    assert _fit_damping(state.forecast, line(950.0), 950.0, 0.7) == 0.7  # the same timestep: no step to fit
+    state.damping = 0.0
+    torch.testing.assert_close(_damped_predict(state, 800.0), last)
+
+
 def test_budget_zero_step_runs_no_block_and_takes_the_forecast():
     from vdit_accel.testing import build_tiny_wan_pipeline
 
@@ -133,7 +158,7 @@ def test_auto_schedule_skips_steps_and_decides_deterministically(builder):
     pipe.enable_acceleration(schedule=BudgetSchedule.auto(tolerance=10.0, max_skips=2))
     budgets = []
     for _ in range(2):
-        out = run_pipe(pipe, steps=10)
+        out = run_pipe(pipe, steps=10, output_type="latent")  # decisions only: no VAE decode (LTX's takes ~50 s)
         budgets.append(list(vdit_accel.summary(pipe)["budgets"]))
     assert torch.isfinite(out).all()
     assert budgets[0] == budgets[1]
