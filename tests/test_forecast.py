@@ -165,3 +165,15 @@ def test_auto_schedule_skips_steps_and_decides_deterministically(builder):
     assert 0.0 in budgets[0] and budgets[0][:3] == [1.0, 1.0, 1.0] and budgets[0][-1] == 1.0
     s = vdit_accel.summary(pipe)
     assert s["computed_token_fraction"] < 1.0
+
+
+def test_a_skipped_step_returns_the_models_dtype():
+    from vdit_accel.testing import build_tiny_wan_pipeline
+
+    pipe = build_tiny_wan_pipeline().to(torch.bfloat16)
+    dtypes = []
+    pipe.transformer.register_forward_hook(lambda m, a, out: dtypes.append(out[0].dtype))
+    pipe.enable_acceleration(schedule=[1.0, 1.0, 1.0, 0.0, 1.0])
+    run_pipe(pipe, steps=5, output_type="latent")
+    assert vdit_accel.summary(pipe)["steps"][3]["skipped"] == 2
+    assert set(dtypes) == {torch.bfloat16}, dtypes

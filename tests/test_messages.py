@@ -102,3 +102,27 @@ def test_the_demo_page_hands_the_seed_over_as_exact_digits(runner):
     (seed,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "seed"]
     value = seed.preprocess(str(2**63 - 1))  # what Gradio does with the browser's payload
     assert runner.settings(_request(runner, seed=value)).seed == 2**63 - 1
+
+
+def test_auto_without_token_selection_is_refused_before_anything_is_installed():
+    from vdit_accel import AccelerationConfig, ReuseConfig, testing
+
+    with pytest.raises(ValueError, match="token_selection=None"):
+        AccelerationConfig(schedule="auto", token_selection=None, reuse=ReuseConfig())
+    pipe = testing.build_tiny_wan_pipeline()
+    with pytest.raises(ValueError, match="auto"):
+        pipe.enable_acceleration(schedule="auto", token_selection=None, reuse=ReuseConfig())
+    assert not vdit_accel.is_accelerated(pipe)
+
+
+def test_the_default_is_auto_without_a_shipped_schedule_and_the_rule_for_reuse_alone():
+    from vdit_accel import ReuseConfig, testing
+    from vdit_accel.runtime.handle import get_handle
+
+    pipe = testing.build_tiny_wan_pipeline()
+    pipe.enable_acceleration()
+    assert get_handle(pipe.transformer).schedule.run_time is not None
+    pipe.disable_acceleration()
+    pipe.enable_acceleration(token_selection=None, reuse=ReuseConfig())
+    assert get_handle(pipe.transformer).schedule == BudgetSchedule.default()
+    pipe.disable_acceleration()

@@ -176,9 +176,13 @@ def _check_not_compiled(module, where: str) -> None:
         )
 
 
-def _default_schedule(pipe) -> BudgetSchedule:
-    """The searched schedule shipped for the pipeline's model (:mod:`vdit_accel.shipped`), else the default rule."""
-    return shipped_schedule_for(pipe) or BudgetSchedule.default()
+def _default_schedule(pipe, cfg: AccelerationConfig) -> BudgetSchedule:
+    """The schedule shipped for the pipeline's model (:mod:`vdit_accel.shipped`), else run-time decisions
+    (``auto``: no calibration, any model); the default rule when token selection is off (reuse alone skips no
+    step)."""
+    if cfg.token_selection is None:
+        return BudgetSchedule.default()
+    return shipped_schedule_for(pipe) or BudgetSchedule.auto()
 
 
 def enable_acceleration(pipe, config: AccelerationConfig | None = None, *, speedup: float | None = None,
@@ -230,7 +234,7 @@ def enable_acceleration(pipe, config: AccelerationConfig | None = None, *, speed
                 f"built-in caches both skip work on the same blocks and do not compose. Call "
                 f"`pipe.{name}.disable_cache()` first."
             )
-    sched = cfg.schedule if cfg.schedule is not None else _default_schedule(pipe)
+    sched = cfg.schedule if cfg.schedule is not None else _default_schedule(pipe, cfg)
     if cfg.check_schedule and not isinstance(sched, ShippedSchedule):
         try:
             check_schedule_for_pipe(sched, pipe)

@@ -18,8 +18,9 @@ class AccelerationConfig:
     Args:
         schedule (`BudgetSchedule | list[float] | str`, *optional*):
             Per-step token budgets: a :class:`BudgetSchedule`, a list with one budget per step, or a path to a
-            schedule JSON file. Default: the model's shipped searched schedule if one exists, else
-            :meth:`BudgetSchedule.default` (dense first 20 % of steps and the last step, 0.5 in between).
+            schedule JSON file. Default: the model's shipped schedule if one exists, else
+            :meth:`BudgetSchedule.auto` (run-time decisions, calibration-free; docs/schedules.md); with token
+            selection off (``reuse`` alone), :meth:`BudgetSchedule.default`.
         speedup (`float`, *optional*):
             A target transformer speedup turned into a schedule (instead of ``schedule``).
         token_selection (`TokenSelectionConfig`, *optional*):
@@ -58,3 +59,7 @@ class AccelerationConfig:
         if self.token_selection is None and self.reuse is None:
             raise ValueError("Both `token_selection` and `reuse` are None: nothing to accelerate. Keep the default "
                              "`token_selection=TokenSelectionConfig()` or pass `reuse=ReuseConfig(...)`.")
+        if self.token_selection is None and self.schedule is not None and self.schedule.run_time is not None:
+            raise ValueError("schedule=\"auto\" decides which steps to skip, and skipped steps are part of token "
+                             "selection, which `token_selection=None` turns off. Keep token selection on, or drop "
+                             "the schedule.")

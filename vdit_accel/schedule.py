@@ -250,8 +250,6 @@ class BudgetSchedule:
         computed = MIN_TOKEN_BUDGET if cost.selection_pays else 1.0
         if self.dense_first is None:
             n_first = max(n_first, MIN_DENSE_FIRST_WITH_SKIPS)
-        if self.dense_last and self.dense_first is None:
-            n_last = max(n_last, int(round(0.1 * n)))
         while True:
             mid = n - n_first - n_last
             spare = target - n_first - n_last - mid * cost.skip_cost
@@ -270,7 +268,9 @@ class BudgetSchedule:
                 f"{best:.2f}x). Ask for a lower speedup or more steps."
             )
         m = min(m, mid)
-        positions = {int(math.floor(i * mid / m)) for i in range(m)} if m else set()
+        # each computed step in the middle of its share of the span: the runs of skips after the warm-up, between
+        # computed steps and before the last step are as even as they can be
+        positions = {int(math.floor((i + 0.5) * mid / m)) for i in range(m)} if m else set()
         middle = [computed if j in positions else 0.0 for j in range(mid)]
         return [1.0] * n_first + middle + [1.0] * n_last
 

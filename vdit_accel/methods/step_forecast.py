@@ -140,7 +140,8 @@ class StepForecastHook(ModelHook):
         if self.skip:
             if rt.current is not None:
                 rt.current.skipped = True
-            self.forecast_sample = _damped_predict(state, rt.timestep).reshape(state.shape)
+            sample = _damped_predict(state, rt.timestep)  # float32; the model's dtype again below
+            self.forecast_sample = sample.to(state.forecast.value.dtype).reshape(state.shape)
             self.template = state.template
 
     def new_forward(self, module, *args, **kwargs):
