@@ -6,22 +6,17 @@ timestep axis) of the transformer's output over the steps that were computed. A 
 without running the embedding, the blocks or the head; a budget-0 step with nothing to forecast from (the first call
 of a branch) is computed densely and recorded as such.
 
-The forecast is *damped*: ``y_last + λ · (taylor(t) − y_last)``, between reusing the last output (λ = 0) and the full
-extrapolation (λ = 1). λ is fitted at every computed step, for free, as the least-squares factor that would have best
-predicted the output just computed from the history before it (clipped to [0, 1]): where the output moves along a
-line it extrapolates, where the line overshoots (a trajectory that bends, a long run of skips) it holds back. Fixed
-choices each lose somewhere (bundled model, 20 steps, 3 prompts, PSNR against dense, dB):
+The forecast is *damped*: ``y_last + λ_h · (taylor(t) − y_last)``, between reusing the last output (λ = 0) and the
+full extrapolation (λ = 1). λ is fitted at every computed step, for free, as the least-squares factor that would have
+best predicted the output just computed from the history before it (clipped to [0, 1]), at the distance ``h_fit``
+that forecast reached; nearer or farther the deviation from the line is taken to grow with the square of the
+distance, ``λ_h = 1 − (1 − λ) · h / h_fit``. Measured (bundled model, PSNR against dense, dB; docs/schedules.md):
 
-    skip pattern (D computed, . skipped)     reuse (λ=0)  full (λ=1), cap 1 interval  fitted λ, cap 2 intervals
-    DDDDD.D.D.D.D.D.D.DD                       36.9          42.5                      45.7
-    DDDDD.D..D..D..D..DD                       32.8          25.8                      36.9
-    DDDD...D..D..D.D.D.D (MagCache 0.24's)     30.5          24.4                      31.8
-    (MagCache 0.24 itself on that pattern: 29.4 dB)
-
-With ``schedule="auto"`` (:class:`AutoDecider`) the hook also decides *at run time* which steps to skip, from a signal
-the run produces for free: at every computed step the forecast made before computing it is compared with the
-computed output. That relative error says how well a forecast holds at this point of the trajectory, whatever the
-model; skips are spent where it is small.
+    skip pattern (D computed, . skipped)     reuse  full, cap 1  λ fitted, constant  λ fitted, ∝ distance (this)
+    20 steps  DDDDD.D.D.D.D.D.D.DD              36.9   42.5         45.7                46.3
+    20 steps  DDDD...D..D..D.D.D.D              30.5   24.4         31.8                32.0
+    20 steps  DDDD.D...D...D...D.D              -      -            30.8                27.3
+    50 steps  DDD.D..D..D.D.D..D.. (6 prompts)  -      45.6         39.4                42.7
 """
 
 from __future__ import annotations
@@ -51,6 +46,7 @@ class StepForecastState(BaseState):
     def reset(self, *args, **kwargs) -> None:
         self.forecast = TaylorForecast(self.order, self.horizon)
         self.damping = INITIAL_DAMPING  # λ: the fraction of the Taylor step taken (fitted at each computed step)
+        self.fit_distance = 1.0  # how far (in history intervals) the forecast that λ was fitted on reached
         self.shape: torch.Size | None = None
         self.template: str = "tensor"  # what the transformer returns: "tensor", "tuple" or "output"
         self.step: int = -1
@@ -166,6 +162,7 @@ class StepForecastHook(ModelHook):
             if rt.auto is not None:  # the error of the forecast as it stood (before this step refits λ)
                 state.error = _normalised_error(state, flat, rt.timestep)
             state.damping = _fit_damping(state.forecast, flat, rt.timestep, state.damping)
+            state.fit_distance = max(_distance(state.forecast, rt.timestep), 1e-6)
         state.template, state.shape = template, sample.shape
         state.forecast.update(flat, rt.timestep)
         state.step = rt.step
@@ -193,12 +190,22 @@ class StepForecastHook(ModelHook):
         return module
 
 
+def _distance(forecast: TaylorForecast, t: float) -> float:
+    """How far ``t`` lies from the last computed step, in units of the last interval between computed steps."""
+    times = forecast.times[0, 0]
+    interval = abs(float(times[0] - times[1]))
+    return abs(t - float(times[0])) / interval if interval > 0 and math.isfinite(interval) else 1.0
+
+
 def _damped_predict(state: StepForecastState, t: float) -> torch.Tensor:
-    """The skipped-step forecast at ``t``: the last output moved by the fraction ``state.damping`` of the Taylor
-    step (float32)."""
+    """The skipped-step forecast at ``t``: the last output moved by a fraction of the Taylor step. The fraction is
+    ``state.damping`` at the distance it was fitted at and shrinks linearly towards 1 (the full step) nearer, so
+    the deviation from the line grows with the square of the distance: ``1 − (1 − λ) · h / h_fit``, in [0, 1]
+    (float32)."""
     full = state.forecast.predict(t, dtype=torch.float32)
     last = state.forecast.value.float()
-    return last + state.damping * (full - last)
+    lam = 1.0 - (1.0 - state.damping) * _distance(state.forecast, t) / state.fit_distance
+    return last + min(max(lam, 0.0), 1.0) * (full - last)
 
 
 def _fit_damping(forecast: TaylorForecast, y: torch.Tensor, t: float, previous: float) -> float:
@@ -216,9 +223,7 @@ def _fit_damping(forecast: TaylorForecast, y: torch.Tensor, t: float, previous: 
 def _normalised_error(state: StepForecastState, y: torch.Tensor, t: float) -> float:
     """Relative error of the (damped) forecast of ``y`` at ``t``, divided by the squared horizon in history
     intervals."""
-    times = state.forecast.times[0, 0]
-    interval = abs(float(times[0] - times[1]))
-    h = abs(t - float(times[0])) / interval if interval > 0 else 1.0
+    h = _distance(state.forecast, t)
     err = float((_damped_predict(state, t) - y.float()).norm() / y.float().norm().clamp_min(1e-12))
     return err / max(h * h, 1e-12)
 
