@@ -4,7 +4,7 @@
 model at its default settings (:data:`vdit_accel.tiny_model.DEFAULT_GENERATION_KWARGS`). Its budgets are explicit
 for the default step count. For another step count the searched curve is **resampled**: step 0 stays dense, the
 other budgets are linearly interpolated in normalised time (t = i / (n − 1)), so the shape of the searched curve and
-about the same mean budget are kept. Other models get ``None`` (the default rule applies).
+about the same mean budget are kept. Other models get ``None`` (run-time ``auto`` decisions apply).
 
 *Checks.* A schedule file records what it was made for (``model``, ``grid``, ``steps``, ...). ``enable_acceleration``
 checks the model (:func:`check_schedule_for_pipe`) and the step tracker checks the latent grid and step count at the
