@@ -254,12 +254,9 @@ class BudgetSchedule:
             mid = n - n_first - n_last
             spare = target - n_first - n_last - mid * cost.skip_cost
             m = int(math.floor(spare / (cost.step_cost(computed) - cost.skip_cost) + 1e-9)) if mid > 0 else -1
-            if m >= 0 or (n_first <= 1 and n_last <= int(self.dense_last)):
+            if m >= 0 or n_first <= 1:
                 break
-            if n_last > int(self.dense_last):
-                n_last -= 1
-            else:
-                n_first -= 1
+            n_first -= 1
         if m < 0:
             best = cost.speedup([1.0] + [0.0] * (n - 1 - int(self.dense_last)) + [1.0] * int(self.dense_last))
             raise ValueError(

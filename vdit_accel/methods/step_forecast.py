@@ -6,6 +6,11 @@ timestep axis) of the transformer's output over the steps that were computed. A 
 without running the embedding, the blocks or the head; a budget-0 step with nothing to forecast from (the first call
 of a branch) is computed densely and recorded as such.
 
+With ``schedule="auto"`` (:class:`AutoDecider`) the hook also decides *at run time* which steps to skip, from a signal
+the run produces for free: at every computed step the forecast made before computing it is compared with the
+computed output. That relative error says how well a forecast holds at this point of the trajectory, whatever the
+model; skips are spent where it is small.
+
 The forecast is *damped*: ``y_last + λ_h · (taylor(t) − y_last)``, between reusing the last output (λ = 0) and the
 full extrapolation (λ = 1). λ is fitted at every computed step, for free, as the least-squares factor that would have
 best predicted the output just computed from the history before it (clipped to [0, 1]), at the distance ``h_fit``
@@ -80,11 +85,9 @@ class AutoDecider:
             return False, 0.0
         predicted = 0.0
         for s in states:
-            times = s.forecast.times[0, 0]
-            interval = abs(float(times[0] - times[1])) if math.isfinite(float(times[1])) else 0.0
-            if interval <= 0:
+            if _interval(s.forecast) <= 0:
                 return False, 0.0
-            h = abs(t - float(times[0])) / interval
+            h = _distance(s.forecast, t)
             predicted = max(predicted, s.error * h * h)
         total = accumulated + predicted
         return total <= self.tolerance, total
@@ -190,11 +193,18 @@ class StepForecastHook(ModelHook):
         return module
 
 
-def _distance(forecast: TaylorForecast, t: float) -> float:
-    """How far ``t`` lies from the last computed step, in units of the last interval between computed steps."""
+def _interval(forecast: TaylorForecast) -> float:
+    """The timestep interval between the last two computed steps; 0 when there is only one."""
     times = forecast.times[0, 0]
     interval = abs(float(times[0] - times[1]))
-    return abs(t - float(times[0])) / interval if interval > 0 and math.isfinite(interval) else 1.0
+    return interval if math.isfinite(interval) else 0.0
+
+
+def _distance(forecast: TaylorForecast, t: float) -> float:
+    """How far ``t`` lies from the last computed step, in units of the last interval between computed steps (1 when
+    there is no interval yet)."""
+    interval = _interval(forecast)
+    return abs(t - float(forecast.times[0, 0, 0])) / interval if interval > 0 else 1.0
 
 
 def _damped_predict(state: StepForecastState, t: float) -> torch.Tensor:
