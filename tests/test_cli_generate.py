@@ -43,3 +43,24 @@ def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "vdit_accel.cli", "--help"], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0 and "generate" in res.stdout
+
+
+def test_compare_times_short_runs_again_interleaved_and_keeps_the_first_frames():
+    import torch
+
+    import vdit_accel
+    from vdit_accel import AccelerationConfig, testing
+    from vdit_accel.commands.compare import GenerationSettings, compare
+
+    pipe = testing.build_tiny_wan_pipeline()
+    settings = GenerationSettings(prompt="a dog dancing", num_inference_steps=4, height=32, width=32, num_frames=5,
+                                  max_sequence_length=16)
+    config = AccelerationConfig(speedup=1.5)
+    once = compare(pipe, settings, config, progress=False, max_runs=1)
+    three = compare(pipe, settings, config, progress=False, min_seconds=1e9, max_runs=3)
+    assert (once.runs, three.runs) == (1, 3)
+    assert three.report()["timed_runs"] == 3 and "median of 3" in three.report()["speedup_kind"]
+    assert torch.equal(once.accelerated.frames, three.accelerated.frames)
+    assert torch.equal(once.dense.frames, three.dense.frames)
+    assert three.acceleration["budgets"] == once.acceleration["budgets"]
+    assert not vdit_accel.is_accelerated(pipe)  # every accelerated run was undone

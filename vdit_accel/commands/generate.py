@@ -137,7 +137,7 @@ def _run(args, parallel_setup=None) -> int:
     q = result.metrics
     print(f"[vdit-accel] transformer: dense {result.dense.transformer_seconds:.2f}s  accelerated "
           f"{result.accelerated.transformer_seconds:.2f}s  speedup {result.transformer_speedup:.2f}x (measured, "
-          f"wall-clock; CPU time {result.transformer_cpu_speedup:.2f}x)")
+          f"wall-clock; CPU time {result.transformer_cpu_speedup:.2f}x; median of {result.runs} interleaved run(s))")
     print(f"[vdit-accel] pipeline (text encoder + transformer + VAE): dense {result.dense.seconds:.2f}s  accelerated "
           f"{result.accelerated.seconds:.2f}s  speedup {result.speedup:.2f}x (measured)  "
           f"PSNR {q.get('psnr', float('nan')):.2f} dB  SSIM {q.get('ssim', float('nan')):.4f}")
