@@ -244,10 +244,18 @@ def test_speedup_target_turns_into_schedule(overhead):
     cost = CostModel(budgets=[0.0, 0.999, 1.0], costs=[min(1.0, 0.05 + overhead), 1.0, 1.0])
     for target in (1.5, 2.0, 2.5):
         budgets = BudgetSchedule.for_speedup(target).resolve(50, cost)
-        assert budgets[0] == 1.0 and budgets[-1] == 1.0
+        assert budgets[0] == 1.0
         assert target <= predicted_speedup(budgets, cost) <= target * 1.1
         if overhead:  # token selection does not pay: dense and skipped steps only
             assert set(budgets) == {0.0, 1.0}
+        if 0.0 in budgets:  # with skipped steps the last step is planned like the others (a skip at 2x+) ...
+            assert target < 2.0 or budgets[-1] != 1.0
+            kept = BudgetSchedule.for_speedup(target, dense_last=True).resolve(50, cost)  # ... unless asked for
+            assert kept[-1] == 1.0 and target <= predicted_speedup(kept, cost) <= target * 1.1
+        else:  # token-selected steps only: the last step stays dense
+            assert budgets[-1] == 1.0
+    with pytest.raises(ValueError, match="`dense_last` must be True, False or None"):
+        BudgetSchedule(speedup=2.0, dense_last="yes")
     with pytest.raises(ValueError, match="not reachable"):
         BudgetSchedule.for_speedup(30.0).resolve(10, cost)
     with pytest.raises(ValueError, match="not reachable at any step count"):

@@ -94,8 +94,13 @@ class BudgetSchedule:
         dense_first (`int`, *optional*):
             For a rule schedule: number of leading dense steps (default: 20 % of the steps, at least 1). Early steps
             lay out the video and are the most sensitive.
-        dense_last (`bool`, defaults to True):
-            For a rule schedule: keep the last step dense (it sets the fine detail).
+        dense_last (`bool`, *optional*):
+            For a rule schedule: keep the last step dense. By default (``None``) it is dense in a rule of
+            token-selected steps, and planned like any other step in a ``speedup`` plan with skipped steps: the last
+            step moves the latent by the smallest interval of the run (σ 0.009 → 0 at 20 steps of the bundled model's
+            shifted flow schedule), so its forecast costs little, and the computed step it frees is worth more in the
+            middle (PSNR against dense on six development prompts, 20 steps: 11 computed steps 33.2 → 36.6 dB, 9
+            computed 26.6 → 29.3 dB; 50 steps: 24 computed 45.0 → 45.0 dB, 19 computed 36.7 → 39.6 dB).
         speedup (`float`, *optional*):
             For a rule schedule: a target transformer speedup; ``budget`` is then derived with the linear cost model.
         skip_steps (`bool`, defaults to True):
@@ -111,7 +116,7 @@ class BudgetSchedule:
     budgets: list[float] | None = None
     budget: float = 0.5
     dense_first: int | None = None
-    dense_last: bool = True
+    dense_last: bool | None = None
     speedup: float | None = None
     skip_steps: bool = True
     run_time: dict[str, Any] | None = None
@@ -122,6 +127,8 @@ class BudgetSchedule:
             self.budgets = _validate_budgets(self.budgets)
         if not _finite_number(self.budget) or not 0 < self.budget <= 1:
             raise ValueError(f"`budget` must be in (0, 1], got {self.budget!r}. Use 1.0 for dense.")
+        if self.dense_last is not None and not isinstance(self.dense_last, bool):
+            raise ValueError(f"`dense_last` must be True, False or None (the default), got {self.dense_last!r}.")
         if self.dense_first is not None and (not isinstance(self.dense_first, int) or self.dense_first < 0):
             raise ValueError(f"`dense_first` must be a non-negative int, got {self.dense_first!r}.")
         if self.speedup is not None:
@@ -156,10 +163,11 @@ class BudgetSchedule:
         return cls()
 
     @classmethod
-    def auto(cls, tolerance: float = 0.1, max_skips: int = 2, warmup: int = 3) -> "BudgetSchedule":
+    def auto(cls, tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None) -> "BudgetSchedule":
         """Decide at run time, calibration-free: a step is skipped (its output forecast) while the forecast error
         the run shows, grown with the square of the skip distance, stays below ``tolerance`` (relative); at most
-        ``max_skips`` skips in a row; the first ``warmup`` calls and the last step are computed.
+        ``max_skips`` skips in a row; the first ``warmup`` steps are computed (default: 20 % of the steps, as the
+        rule's dense warm-up).
         Lower ``tolerance`` is closer to dense; higher is faster."""
         return cls(run_time=dict(tolerance=tolerance, max_skips=max_skips, warmup=warmup))
 
@@ -174,9 +182,10 @@ class BudgetSchedule:
         return cls(budget=budget, dense_first=dense_first, dense_last=dense_last)
 
     @classmethod
-    def for_speedup(cls, speedup: float, dense_first: int | None = None, dense_last: bool = True,
+    def for_speedup(cls, speedup: float, dense_first: int | None = None, dense_last: bool | None = None,
                     skip_steps: bool = True) -> "BudgetSchedule":
-        """A rule schedule aiming at a predicted transformer ``speedup`` (dense warm-up and last step kept)."""
+        """A rule schedule aiming at a predicted transformer ``speedup`` (dense warm-up kept; the last step as
+        ``dense_last`` says)."""
         return cls(speedup=speedup, dense_first=dense_first, dense_last=dense_last, skip_steps=skip_steps)
 
     @classmethod
@@ -218,14 +227,14 @@ class BudgetSchedule:
             return [1.0] * num_steps  # an upper bound: the run decides which steps to skip
         n_first = dense_warmup_steps(num_steps) if self.dense_first is None else self.dense_first
         n_first = max(1, min(n_first, num_steps))
-        n_last = 1 if (self.dense_last and num_steps - n_first >= 1) else 0
+        n_last = 1 if (self.dense_last is not False and num_steps - n_first >= 1) else 0
         if self.speedup is not None:
             return self._plan_for_speedup(num_steps, n_first, n_last, _cost_model(cost))
         return [1.0] * n_first + [self.budget] * (num_steps - n_first - n_last) + [1.0] * n_last
 
     def _plan_for_speedup(self, n: int, n_first: int, n_last: int, cost) -> list[float]:
-        """Cheapest-to-describe plan that reaches the target under ``cost``: dense warm-up and last steps; in between
-        token-selected steps at one budget >= MIN_TOKEN_BUDGET when that is enough (and token selection pays on this
+        """Cheapest-to-describe plan that reaches the target under ``cost``: dense warm-up (and last step, see
+        ``dense_last``); in between token-selected steps at one budget >= MIN_TOKEN_BUDGET when that is enough (and token selection pays on this
         model), else computed steps (at MIN_TOKEN_BUDGET, or dense where token selection does not pay) spread evenly
         between skipped steps, whose tokens take their forecasts."""
         target = n / self.speedup  # total cost allowed, in dense steps
@@ -248,6 +257,8 @@ class BudgetSchedule:
                                  f"only (skip_steps=False): the budgets would fall below 0.05. Allow skipped steps, "
                                  f"ask for a lower speedup or use more steps.")
         computed = MIN_TOKEN_BUDGET if cost.selection_pays else 1.0
+        if self.dense_last is None:  # with skipped steps the last step is planned like the others (see the class)
+            n_last = 0
         if self.dense_first is None:
             n_first = max(n_first, MIN_DENSE_FIRST_WITH_SKIPS)
         while True:
@@ -258,10 +269,10 @@ class BudgetSchedule:
                 break
             n_first -= 1
         if m < 0:
-            best = cost.speedup([1.0] + [0.0] * (n - 1 - int(self.dense_last)) + [1.0] * int(self.dense_last))
+            best = cost.speedup([1.0] + [0.0] * (n - 1 - n_last) + [1.0] * n_last)
             raise ValueError(
                 f"`speedup`={self.speedup} is not reachable in {n} steps with a dense first step"
-                f"{' and a dense last step' if self.dense_last else ''} (the most this cost model predicts is about "
+                f"{' and a dense last step' if n_last else ''} (the most this cost model predicts is about "
                 f"{best:.2f}x). Ask for a lower speedup or more steps."
             )
         m = min(m, mid)
@@ -353,10 +364,10 @@ def _solve_budget(cost, step_cost_target: float) -> float | None:
     return max(1e-4, math.floor(lo * 1e4) / 1e4)
 
 
-def _check_run_time(tolerance: float = 0.1, max_skips: int = 2, warmup: int = 3) -> None:
+def _check_run_time(tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None) -> None:
     for name, value, ok in (("tolerance", tolerance, _finite_number(tolerance) and tolerance >= 0),
                             ("max_skips", max_skips, isinstance(max_skips, int) and max_skips >= 0),
-                            ("warmup", warmup, isinstance(warmup, int) and warmup >= 2)):
+                            ("warmup", warmup, warmup is None or (isinstance(warmup, int) and warmup >= 2))):
         if not ok or isinstance(value, bool):
             raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
-                             f"(e.g. 0.1), max_skips an int >= 0, warmup an int >= 2.")
+                             f"(e.g. 0.1), max_skips an int >= 0, warmup None (20 % of the steps) or an int >= 2.")

@@ -35,6 +35,7 @@ from diffusers.hooks.hooks import BaseState
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..runtime import AccelRuntime, ContextStateManager
+from ..schedule import dense_warmup_steps
 from .forecast import TaylorForecast
 
 STEP_FORECAST_HOOK = "vdit_accel_step_forecast"
@@ -67,21 +68,28 @@ class AutoDecider:
     interval of the history it came from) predicts the error of skipping ahead by ``h`` intervals as ``e·h²`` (the
     error of a first-order extrapolation grows with the square of the distance). A step is skipped while that
     prediction, summed over the consecutive skips, stays below ``tolerance``; ``max_skips`` bounds a run of skips.
-    The first ``warmup`` computed calls of a branch and the last step are always computed. Every quantity is a
-    ratio, so the defaults mean the same on every model.
+    The first ``warmup`` steps are computed (default: 20 % of the steps, the rule's dense warm-up; a skip also needs
+    three computed calls of every branch, the third one measuring the error). The last step may be skipped: it moves
+    the latent by the run's smallest interval. Every quantity is a ratio or a fraction of the steps, so the defaults
+    mean the same on every model and step count.
+
+    Development prompts of the bundled model (six, none reported by a benchmark), tolerance 0.1, PSNR against dense:
+    20 steps 11.7 computed steps at 33.0 dB with a warm-up of 3 calls and a dense last step, 11.5 at 35.6 dB as
+    now; 50 steps 19.5 at 39.7 dB with 3 calls, 23.7 at 45.0 dB as now.
     """
 
     tolerance: float = 0.1
     max_skips: int = 2
-    warmup: int = 3
+    warmup: int | None = None
 
     def skip(self, states: list[StepForecastState], step: int, num_steps: int, t: float, skipped: int,
              accumulated: float) -> tuple[bool, float]:
         """Whether to skip ``step`` (timestep ``t``) after ``skipped`` consecutive skips, and the new accumulated
         predicted error."""
-        if step >= num_steps - 1 or skipped >= self.max_skips:
+        warmup = dense_warmup_steps(num_steps) if self.warmup is None else self.warmup
+        if step < warmup or skipped >= self.max_skips:
             return False, 0.0
-        if not states or any(s.computed < self.warmup or s.error is None or not s.forecast.ready for s in states):
+        if not states or any(s.computed < 3 or s.error is None or not s.forecast.ready for s in states):
             return False, 0.0
         predicted = 0.0
         for s in states:
