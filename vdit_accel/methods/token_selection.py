@@ -219,9 +219,7 @@ class TokenSelectionBlockHook(ModelHook):
         self.sparse = self.budget < 1.0  # the traced forward branches on this bool, not on the budget's value
         self.plain = (not self.sparse and self.config.dense_fast_path and rt.plain_attention
                       and not rt.selection_ahead())
-        # The forecasts' axis as a one-element tensor: traced, a Python float would be a guard and recompile every
-        # step, and a 0-dim CPU tensor is read as a scalar (``.item()``), which makes dynamo restart every first trace.
-        self.timestep = torch.tensor([rt.timestep], dtype=torch.float64)
+        self.timestep = rt.timestep_tensor()  # the forecasts' axis (see AccelRuntime.timestep_tensor)
         self.budget_size = budget_size_hint(self.budget, self.config, self.budget_size)
 
     def new_forward(self, module, *args, **kwargs):

@@ -113,6 +113,16 @@ class AccelRuntime:
     # tracker runs eagerly before the call (the block hooks register theirs; see TokenSelectionBlockHook.prepare_call).
     pending: dict[str, Any] = field(default_factory=dict)
     call_preparers: list[Callable[[], None]] = field(default_factory=list)
+    _timestep_tensor: torch.Tensor | None = None  # see timestep_tensor
+
+    def timestep_tensor(self) -> torch.Tensor:
+        """This call's timestep as a one-element float64 tensor, made once per call and shared by the block hooks
+        (traced, a Python float would be a guard recompiling every step, and a 0-dim CPU tensor is read as a scalar,
+        which makes dynamo restart every first trace)."""
+        t = self._timestep_tensor
+        if t is None or float(t[0]) != self.timestep:
+            t = self._timestep_tensor = torch.tensor([self.timestep], dtype=torch.float64)
+        return t
 
     @property
     def budget(self) -> float:

@@ -73,6 +73,8 @@ class SchedulerStepResolver:
 
     def __init__(self, pipe):
         self._pipe = weakref.ref(pipe)
+        self._timesteps = None  # the scheduler's timesteps tensor that _index was built for
+        self._index: dict[float, int] = {}  # timestep -> step index in it
 
     def running_pipeline(self, transformer: torch.nn.Module | None):
         """The innermost pipeline on the call stack that holds ``transformer``, else the enable-time pipeline."""
@@ -97,7 +99,11 @@ class SchedulerStepResolver:
         if ts is None or len(ts) == 0:
             raise RuntimeError("The pipeline's scheduler has no timesteps; call the pipeline, not the transformer.")
         t = float(timestep.float().max()) if torch.is_tensor(timestep) else float(timestep)
-        idx = int((ts.float().cpu() - t).abs().argmin())
+        if ts is not self._timesteps:  # set_timesteps makes a new tensor for every pipeline call
+            self._timesteps, self._index = ts, {}
+        idx = self._index.get(t)
+        if idx is None:
+            idx = self._index[t] = int((ts.float().cpu() - t).abs().argmin())
         return idx, len(ts), ts
 
     def __call__(self, timestep, transformer: torch.nn.Module | None = None) -> tuple[int, int]:
