@@ -234,9 +234,9 @@ class BudgetSchedule:
 
     def _plan_for_speedup(self, n: int, n_first: int, n_last: int, cost) -> list[float]:
         """Cheapest-to-describe plan that reaches the target under ``cost``: dense warm-up (and last step, see
-        ``dense_last``); in between token-selected steps at one budget >= MIN_TOKEN_BUDGET when that is enough (and token selection pays on this
-        model), else computed steps (at MIN_TOKEN_BUDGET, or dense where token selection does not pay) spread evenly
-        between skipped steps, whose tokens take their forecasts."""
+        ``dense_last``); in between token-selected steps at one budget >= MIN_TOKEN_BUDGET when that is enough (and
+        token selection pays on this model), else computed steps (at MIN_TOKEN_BUDGET, or dense where token selection
+        does not pay) spread evenly between skipped steps, whose tokens take their forecasts."""
         target = n / self.speedup  # total cost allowed, in dense steps
         if n - n_first - n_last <= 0:
             if self.speedup <= 1.0:
