@@ -277,7 +277,7 @@ class BudgetSchedule:
             )
         m = min(m, mid)
         # each computed step in the middle of its share of the span: the runs of skips after the warm-up, between
-        # computed steps and before the last step are as even as they can be
+        # computed steps and at the end are as even as they can be
         positions = {int(math.floor((i + 0.5) * mid / m)) for i in range(m)} if m else set()
         middle = [computed if j in positions else 0.0 for j in range(mid)]
         return [1.0] * n_first + middle + [1.0] * n_last
