@@ -100,7 +100,8 @@ class BudgetSchedule:
             step moves the latent by the smallest interval of the run (σ 0.009 → 0 at 20 steps of the bundled model's
             shifted flow schedule), so its forecast costs little, and the computed step it frees is worth more in the
             middle (PSNR against dense on six development prompts, 20 steps: 11 computed steps 33.2 → 36.6 dB, 9
-            computed 26.6 → 29.3 dB; 50 steps: 24 computed 45.0 → 45.0 dB, 19 computed 36.7 → 39.6 dB).
+            computed 26.6 → 29.3 dB; 50 steps: 24 computed 45.0 → 45.0 dB, 19 computed 36.7 → 39.6 dB; worse at
+            ``speedup=1.5`` with 30-40 steps, 47-53 → 44-49 dB: docs/schedules.md).
         speedup (`float`, *optional*):
             For a rule schedule: a target transformer speedup; ``budget`` is then derived with the linear cost model.
         skip_steps (`bool`, defaults to True):
