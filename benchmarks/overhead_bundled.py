@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vdit_accel import AccelerationConfig, BudgetSchedule, disable_acceleration, enable_acceleration
     from vdit_accel.commands.compare import GenerationSettings, generate
+    from vdit_accel.schedule import dense_warmup_steps
     from vdit_accel.tiny_model import DEFAULT_GENERATION_KWARGS, load_default_pipeline
 
     pipe = load_default_pipeline()
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = GenerationSettings(prompt="a green circle moving left on a black background", seed=7,
                                   num_inference_steps=args.steps, **kw)
     n = args.steps
-    pattern = "".join("D" if i < 4 or (i - 4) % 2 == 1 and i < n - 1 else "." for i in range(n))
+    warm = dense_warmup_steps(n)  # the rule's dense warm-up, then every other step computed, the last one skipped
+    pattern = "".join("D" if i < warm or ((i - warm) % 2 == 1 and i < n - 1) else "." for i in range(n))
     plans = {"budget 1.0": [1.0] * n, f"plan {pattern}": [1.0 if c == "D" else 0.0 for c in pattern]}
     load0 = os.getloadavg()
     generate(pipe, settings, progress=False)  # warm-up
