@@ -276,9 +276,10 @@ def get_runtime(pipe_or_transformer, name: str = "transformer") -> AccelRuntime:
 
 
 def summary(pipe_or_transformer, name: str = "transformer") -> dict[str, Any]:
-    """Per-step budgets and token counts of the last run (what ran, summed over CFG branches)."""
+    """Per-step budgets and token counts of the last run (what ran, summed over CFG branches). A snapshot: the
+    budgets are a copy (``schedule="auto"`` rewrites the runtime's list at every run)."""
     rt = get_runtime(pipe_or_transformer, name)
-    return dict(budgets=rt.budgets, **rt.summary())
+    return dict(budgets=None if rt.budgets is None else list(rt.budgets), **rt.summary())
 
 
 def set_step(transformer: torch.nn.Module, step: int, num_steps: int) -> None:
