@@ -32,6 +32,7 @@ DEFAULT_DENSE_FRACTION = 0.05
 MIN_TOKEN_BUDGET = 0.5
 # Skipped steps forecast from the two last computed steps: keep at least this many dense steps first.
 MIN_DENSE_FIRST_WITH_SKIPS = 2
+RUN_TIME_KEYS = frozenset({"tolerance", "max_skips", "warmup", "single_skips_until"})  # BudgetSchedule.auto
 
 
 def dense_warmup_steps(num_steps: int, fraction: float = 0.2) -> int:
@@ -148,8 +149,8 @@ class BudgetSchedule:
                     f"below {limit:.0f}x. Ask for a lower speedup (2-3x is the useful range)."
                 )
         if self.run_time is not None:
-            if not isinstance(self.run_time, dict) or set(self.run_time) - {"tolerance", "max_skips", "warmup"}:
-                raise ValueError(f"`run_time` must be a dict with tolerance / max_skips / warmup (see "
+            if not isinstance(self.run_time, dict) or set(self.run_time) - RUN_TIME_KEYS:
+                raise ValueError(f"`run_time` must be a dict with {' / '.join(sorted(RUN_TIME_KEYS))} (see "
                                  f"BudgetSchedule.auto), got {self.run_time!r}.")
             if self.budgets is not None or self.speedup is not None:
                 raise ValueError("A run-time (auto) schedule has no `budgets` or `speedup`; drop them.")
@@ -164,13 +165,15 @@ class BudgetSchedule:
         return cls()
 
     @classmethod
-    def auto(cls, tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None) -> "BudgetSchedule":
+    def auto(cls, tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None,
+             single_skips_until: float = 0.5) -> "BudgetSchedule":
         """Decide at run time, calibration-free: a step is skipped (its output forecast) while the forecast error
         the run shows, grown with the square of the skip distance, stays below ``tolerance`` (relative); at most
-        ``max_skips`` skips in a row; the first ``warmup`` steps are computed (default: 20 % of the steps, as the
-        rule's dense warm-up).
+        ``max_skips`` skips in a row, and one in a row before the fraction ``single_skips_until`` of the steps; the
+        first ``warmup`` steps are computed (default: 20 % of the steps, as the rule's dense warm-up).
         Lower ``tolerance`` is closer to dense; higher is faster."""
-        return cls(run_time=dict(tolerance=tolerance, max_skips=max_skips, warmup=warmup))
+        return cls(run_time=dict(tolerance=tolerance, max_skips=max_skips, warmup=warmup,
+                                 single_skips_until=single_skips_until))
 
     @classmethod
     def dense(cls) -> "BudgetSchedule":
@@ -365,10 +368,14 @@ def _solve_budget(cost, step_cost_target: float) -> float | None:
     return max(1e-4, math.floor(lo * 1e4) / 1e4)
 
 
-def _check_run_time(tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None) -> None:
+def _check_run_time(tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None,
+                    single_skips_until: float = 0.5) -> None:
     for name, value, ok in (("tolerance", tolerance, _finite_number(tolerance) and tolerance >= 0),
                             ("max_skips", max_skips, isinstance(max_skips, int) and max_skips >= 0),
-                            ("warmup", warmup, warmup is None or (isinstance(warmup, int) and warmup >= 2))):
+                            ("warmup", warmup, warmup is None or (isinstance(warmup, int) and warmup >= 2)),
+                            ("single_skips_until", single_skips_until,
+                             _finite_number(single_skips_until) and 0 <= single_skips_until <= 1)):
         if not ok or isinstance(value, bool):
             raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
-                             f"(e.g. 0.1), max_skips an int >= 0, warmup None (20 % of the steps) or an int >= 2.")
+                             f"(e.g. 0.1), max_skips an int >= 0, warmup None (20 % of the steps) or an int >= 2, "
+                             f"single_skips_until a fraction of the steps in [0, 1] (e.g. 0.5).")
