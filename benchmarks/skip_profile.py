@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         "# What skipping one step costs (bundled model)", "",
-        f"Command: `python benchmarks/skip_profile.py --steps {n}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        f", {time.time() - start:.0f} s.  ",
+        f"Command: `python benchmarks/skip_profile.py --steps {n}` — "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - start:.0f} s.  ",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}.  ",
         f"{len(prompts)} development prompts (seeds 10-{9 + len(prompts)}), {n} steps, the bundled model's generation "
         f"settings. Every step computed but the one named; PSNR of the decoded frames against dense (mean over the "
