@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from _report import write_report  # benchmarks/ is on sys.path when a script here runs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -103,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Target: budget 1.0 ≤ 1.03× dense. A skipped step of the plan costs {skip * 100:.1f} % of a "
               f"budget-1.0 step (CPU medians: plan − {computed}/{n} of budget 1.0, per skipped step; negative = "
               f"within noise).", ""]
-    text = "\n".join(lines)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    write_report("\n".join(lines), args.out)
     return 0
 
 

@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from _report import write_report  # benchmarks/ is on sys.path when a script here runs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEV_PROMPTS = ["a green triangle moving right on a striped background",
                "a red square moving up on a checkered background",
@@ -83,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         interval = f"{sigmas[k] - sigmas[k + 1]:.3f}" if sigmas is not None and k + 1 < len(sigmas) else "—"
         lines.append(f"| {k} | {interval} | {mean_db:.1f} dB | {worst:.1f} dB | "
                      f"{', '.join(f'{x:.1f}' for x in psnrs)} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    write_report("\n".join(lines) + "\n", args.out)
     return 0
 
 
