@@ -13,6 +13,7 @@ or a rule (a base budget or a target speedup) that resolves to budgets for any s
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -32,7 +33,6 @@ DEFAULT_DENSE_FRACTION = 0.05
 MIN_TOKEN_BUDGET = 0.5
 # Skipped steps forecast from the two last computed steps: keep at least this many dense steps first.
 MIN_DENSE_FIRST_WITH_SKIPS = 2
-RUN_TIME_KEYS = frozenset({"tolerance", "max_skips", "warmup", "single_skips_until"})  # BudgetSchedule.auto
 
 
 def dense_warmup_steps(num_steps: int, fraction: float = 0.2) -> int:
@@ -379,3 +379,6 @@ def _check_run_time(tolerance: float = 0.1, max_skips: int = 2, warmup: int | No
             raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
                              f"(e.g. 0.1), max_skips an int >= 0, warmup None (20 % of the steps) or an int >= 2, "
                              f"single_skips_until a fraction of the steps in [0, 1] (e.g. 0.5).")
+
+
+RUN_TIME_KEYS = frozenset(inspect.signature(_check_run_time).parameters)  # the settings of BudgetSchedule.auto
