@@ -42,7 +42,8 @@ def main() -> int:
         ax.set_yticks(range(len(rows)), [p[:28] for p in REPORT_PROMPTS[:3]], fontsize=7)
         ax.set_xlabel("denoising step", fontsize=8)
     out = os.path.join(HERE, "..", "docs", "auto_budgets.png")
-    fig.suptitle('schedule="auto" (tolerance 0.1) on the bundled model', fontsize=10)
+    tolerance = BudgetSchedule.auto().run_time["tolerance"]
+    fig.suptitle(f'schedule="auto" (default tolerance {tolerance}) on the bundled model', fontsize=10)
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
     return 0

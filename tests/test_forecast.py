@@ -1,5 +1,7 @@
 """Forecast caches (per-token Taylor along the timestep axis) and whole-step reuse (budget-0 steps)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -162,9 +164,10 @@ def test_auto_schedule_skips_steps_and_decides_deterministically(builder):
         budgets.append(list(vdit_accel.summary(pipe)["budgets"]))
     assert torch.isfinite(out).all()
     assert budgets[0] == budgets[1]
-    # a forecast's error is first measured at the third computed call; then one skip in a row in the first half of
-    # the steps, at most two after, the last step included (this tolerance allows every skip)
-    assert budgets[0] == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    # the plan from the end: the last step skipped, the one before it computed, single skips alternating back to the
+    # warm-up (two steps); a forecast's error is first measured at the third computed call, so step 3 is the first
+    # skip (this tolerance allows every skip)
+    assert budgets[0] == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     s = vdit_accel.summary(pipe)
     assert s["computed_token_fraction"] < 1.0
 
@@ -178,44 +181,52 @@ def test_summary_budgets_are_a_snapshot_of_the_run():
     run_pipe(pipe, steps=10, output_type="latent")
     first = vdit_accel.summary(pipe)["budgets"]
     kept = list(first)
-    vdit_accel.get_runtime(pipe).auto.tolerance = 0.0  # the same runtime now computes every step
+    runtime = vdit_accel.get_runtime(pipe)
+    runtime.auto = dataclasses.replace(runtime.auto, tolerance=0.0)  # the same runtime now computes every step
     run_pipe(pipe, steps=10, output_type="latent")
     assert vdit_accel.summary(pipe)["budgets"] == [1.0] * 10
     assert first == kept and 0.0 in first
 
 
 def test_auto_warm_up_is_a_fraction_of_the_steps():
-    """The default warm-up is the rule's (20 % of the steps), an explicit one a number of steps."""
+    """The default warm-up is the rule's (20 % of the steps), an explicit one a number of steps; the first skip is
+    the first step after it that the plan, laid out from the end, leaves to a forecast."""
     from vdit_accel.testing import build_tiny_wan_pipeline
 
     pipe = build_tiny_wan_pipeline()
-    for schedule, steps, first_skip in ((BudgetSchedule.auto(tolerance=10.0), 20, 4),
-                                        (BudgetSchedule.auto(tolerance=10.0), 30, 6),
-                                        (BudgetSchedule.auto(tolerance=10.0, warmup=5), 20, 5)):
+    for schedule, steps, warm, first_skip in ((BudgetSchedule.auto(tolerance=10.0), 20, 4, 5),
+                                              (BudgetSchedule.auto(tolerance=10.0), 30, 6, 7),
+                                              (BudgetSchedule.auto(tolerance=10.0, warmup=8), 20, 8, 9),
+                                              (BudgetSchedule.auto(tolerance=10.0, warmup=9), 20, 9, 9)):
         pipe.enable_acceleration(schedule=schedule)
         run_pipe(pipe, steps=steps, output_type="latent")
         budgets = list(vdit_accel.summary(pipe)["budgets"])
         pipe.disable_acceleration()
-        assert budgets.index(0.0) == first_skip, (steps, budgets)
+        assert budgets[:warm] == [1.0] * warm and budgets.index(0.0) == first_skip, (steps, budgets)
     with pytest.raises(ValueError, match=r"auto\(warmup=...\)` got 1"):
         BudgetSchedule.auto(warmup=1)
 
 
-@pytest.mark.parametrize("until, expected", [
-    (0.5, "DDDD.D.D.D..D..D..D."),  # one skip in a row before step 10, two after
-    (0.0, "DDDD..D..D..D..D..D."),
-    (1.0, "DDDD.D.D.D.D.D.D.D.D"),
-    (None, "DDDDDDDDDDDDDDDDDDDD"),  # max_skips=0: no skips, in either half
+@pytest.mark.parametrize("steps, until, expected", [
+    # at 50 steps: one skip in a row before step 25, two after (50 // 15 = 3 > max_skips); the last step alone
+    (50, 0.5, "DDDDDDDDDDD.D.D.D.D.D.D.D..D..D..D..D..D..D..D..D."),
+    (50, 0.0, "DDDDDDDDDD..D..D..D..D..D..D..D..D..D..D..D..D..D."),
+    (50, 1.0, "DDDDDDDDDDD.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D."),
+    (50, None, "D" * 50),  # max_skips=0: no skips, in either half
+    (30, 0.5, "DDDDDDD.D.D.D.D.D..D..D..D..D."),
+    (20, 0.5, "DDDDD.D.D.D.D.D.D.D."),  # 20 // 15 = 1: single skips; step 18 (the largest σ interval) computed
+    (20, 0.0, "DDDDD.D.D.D.D.D.D.D."),
 ])
-def test_auto_runs_of_skips_are_single_in_the_first_half(until, expected):
-    """Before the fraction ``single_skips_until`` of the steps a run of skips is one step long, then ``max_skips``."""
+def test_auto_runs_of_skips_are_single_in_the_first_half(steps, until, expected):
+    """The plan laid out from the end: before the fraction ``single_skips_until`` of the steps a run of skips is one
+    step long, after it up to ``max(1, steps // 15)`` and ``max_skips``; the last step is skipped alone."""
     from vdit_accel.testing import build_tiny_wan_pipeline
 
     pipe = build_tiny_wan_pipeline()
     schedule = (BudgetSchedule.auto(tolerance=10.0, max_skips=0) if until is None
                 else BudgetSchedule.auto(tolerance=10.0, single_skips_until=until))
     pipe.enable_acceleration(schedule=schedule)
-    run_pipe(pipe, steps=20, output_type="latent")
+    run_pipe(pipe, steps=steps, output_type="latent")
     budgets = vdit_accel.summary(pipe)["budgets"]
     assert "".join("D" if b == 1.0 else "." for b in budgets) == expected
 

@@ -13,11 +13,10 @@ or a rule (a base budget or a target speedup) that resolves to budgets for any s
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
@@ -154,7 +153,7 @@ class BudgetSchedule:
                                  f"BudgetSchedule.auto), got {self.run_time!r}.")
             if self.budgets is not None or self.speedup is not None:
                 raise ValueError("A run-time (auto) schedule has no `budgets` or `speedup`; drop them.")
-            _check_run_time(**self.run_time)
+            AutoSettings(**self.run_time)
         if not isinstance(self.metadata, dict):
             raise TypeError(f"`metadata` must be a dict, got {type(self.metadata).__name__}.")
 
@@ -165,15 +164,17 @@ class BudgetSchedule:
         return cls()
 
     @classmethod
-    def auto(cls, tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None,
-             single_skips_until: float = 0.5) -> "BudgetSchedule":
-        """Decide at run time, calibration-free: a step is skipped (its output forecast) while the forecast error
-        the run shows, grown with the square of the skip distance, stays below ``tolerance`` (relative); at most
-        ``max_skips`` skips in a row, and one in a row before the fraction ``single_skips_until`` of the steps; the
-        first ``warmup`` steps are computed (default: 20 % of the steps, as the rule's dense warm-up).
-        Lower ``tolerance`` is closer to dense; higher is faster."""
-        return cls(run_time=dict(tolerance=tolerance, max_skips=max_skips, warmup=warmup,
-                                 single_skips_until=single_skips_until))
+    def auto(cls, **settings) -> "BudgetSchedule":
+        """Decide at run time, calibration-free (:class:`AutoSettings`: ``tolerance``, ``max_skips``, ``warmup``,
+        ``single_skips_until``): the skips are laid out backwards from the end, alternating with computed steps after
+        a dense warm-up, and each is taken while the forecast error the run shows, grown with the square of the skip
+        distance, stays below ``tolerance`` (relative). Lower ``tolerance`` is closer to dense. See
+        :class:`vdit_accel.methods.step_forecast.AutoDecider` and docs/schedules.md."""
+        unknown = set(settings) - RUN_TIME_KEYS
+        if unknown:
+            raise ValueError(f"`BudgetSchedule.auto` got unknown setting(s) {sorted(unknown)}; the settings are "
+                             f"{', '.join(sorted(RUN_TIME_KEYS))}.")
+        return cls(run_time=asdict(AutoSettings(**settings)))
 
     @classmethod
     def dense(cls) -> "BudgetSchedule":
@@ -368,17 +369,35 @@ def _solve_budget(cost, step_cost_target: float) -> float | None:
     return max(1e-4, math.floor(lo * 1e4) / 1e4)
 
 
-def _check_run_time(tolerance: float = 0.1, max_skips: int = 2, warmup: int | None = None,
-                    single_skips_until: float = 0.5) -> None:
-    for name, value, ok in (("tolerance", tolerance, _finite_number(tolerance) and tolerance >= 0),
-                            ("max_skips", max_skips, isinstance(max_skips, int) and max_skips >= 0),
-                            ("warmup", warmup, warmup is None or (isinstance(warmup, int) and warmup >= 2)),
-                            ("single_skips_until", single_skips_until,
-                             _finite_number(single_skips_until) and 0 <= single_skips_until <= 1)):
-        if not ok or isinstance(value, bool):
-            raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
-                             f"(e.g. 0.1), max_skips an int >= 0, warmup None (20 % of the steps) or an int >= 2, "
-                             f"single_skips_until a fraction of the steps in [0, 1] (e.g. 0.5).")
+@dataclass(frozen=True)
+class AutoSettings:
+    """The settings of a run-time schedule (``schedule="auto"``, :meth:`BudgetSchedule.auto`), validated on
+    construction; :class:`vdit_accel.methods.step_forecast.AutoDecider` extends it with the decisions.
+
+    Args:
+        tolerance: the forecast error (relative, grown with the square of the skip distance) a skip may carry; lower
+            is closer to dense.
+        max_skips: the longest run of skipped steps; 0 computes every step.
+        warmup: leading steps always computed; None is 20 % of the steps.
+        single_skips_until: before this fraction of the steps a run of skips is one step long.
+    """
+
+    tolerance: float = 0.2
+    max_skips: int = 2
+    warmup: int | None = None
+    single_skips_until: float = 0.5
+
+    def __post_init__(self):
+        for name, ok in (("tolerance", _finite_number(self.tolerance) and self.tolerance >= 0),
+                         ("max_skips", isinstance(self.max_skips, int) and self.max_skips >= 0),
+                         ("warmup", self.warmup is None or (isinstance(self.warmup, int) and self.warmup >= 2)),
+                         ("single_skips_until",
+                          _finite_number(self.single_skips_until) and 0 <= self.single_skips_until <= 1)):
+            value = getattr(self, name)
+            if not ok or isinstance(value, bool):
+                raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
+                                 f"(e.g. 0.2), max_skips an int >= 0, warmup None (20 % of the steps) or an int >= 2, "
+                                 f"single_skips_until a fraction of the steps in [0, 1] (e.g. 0.5).")
 
 
-RUN_TIME_KEYS = frozenset(inspect.signature(_check_run_time).parameters)  # the settings of BudgetSchedule.auto
+RUN_TIME_KEYS = frozenset(f.name for f in fields(AutoSettings))  # the settings of BudgetSchedule.auto

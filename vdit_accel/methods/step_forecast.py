@@ -27,7 +27,6 @@ distance, ``λ_h = 1 − (1 − λ) · h / h_fit``. Measured (bundled model, PSN
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from diffusers.hooks import ModelHook
@@ -35,7 +34,7 @@ from diffusers.hooks.hooks import BaseState
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..runtime import AccelRuntime, ContextStateManager
-from ..schedule import dense_warmup_steps
+from ..schedule import AutoSettings, dense_warmup_steps
 from .forecast import TaylorForecast
 
 STEP_FORECAST_HOOK = "vdit_accel_step_forecast"
@@ -60,39 +59,55 @@ class StepForecastState(BaseState):
         self.error: float | None = None  # relative error of the forecast at the last computed step, per unit² horizon
 
 
-@dataclass
-class AutoDecider:
+class AutoDecider(AutoSettings):
     """Run-time skip decisions for ``schedule="auto"``.
 
-    After a computed step the forecast error ``e`` it showed (relative, ‖y − ŷ‖ / ‖y‖, normalised to one timestep
-    interval of the history it came from) predicts the error of skipping ahead by ``h`` intervals as ``e·h²`` (the
-    error of a first-order extrapolation grows with the square of the distance). A step is skipped while that
-    prediction, summed over the consecutive skips, stays below ``tolerance``; ``max_skips`` bounds a run of skips,
-    and before the fraction ``single_skips_until`` of the steps a run is one skip long (early in the trajectory, where
-    the content forms, a forecast two steps out costs far more than later). The first ``warmup`` steps are computed
-    (default: 20 % of the steps, the rule's dense warm-up; a skip also needs three computed calls of every branch,
-    the third one measuring the error). The last step may be skipped: it moves the latent by the run's smallest
-    interval. Every quantity is a ratio or a fraction of the steps, so the defaults mean the same on every model and
-    step count.
+    *Where skips may fall* (:meth:`candidates`, fixed by the step count): the plan is laid out backwards from the
+    end. The last step may be skipped alone (it moves the latent by the run's smallest σ interval); the step before
+    it is computed (the largest interval on flow-matching schedules). Further back, runs of skips alternate with one
+    computed step: a run is one step long before the fraction ``single_skips_until`` of the steps (early in the
+    trajectory, where the content forms, a forecast two steps out costs far more than later) and after it up to
+    ``max(1, num_steps // 15)`` steps (a run spans at most about a fifteenth of the trajectory), never more than
+    ``max_skips``. The first ``warmup`` steps are computed (default: 20 % of the steps, the rule's dense warm-up).
+    Laying the runs out from the end puts the skips on the cheap side of each alternation: at 20 steps the plan is
+    ``DDDDD.D.D.D.D.D.D.D.`` (step 4, the second-costliest skip of ``benchmarks/results/skip_profile.md``, and step
+    18, the costliest late one, computed), where alternating forwards from the warm-up gives
+    ``DDDD.D.D.D.D.D.D.D.D``.
 
-    Development prompts of the bundled model (six, none reported by a benchmark), tolerance 0.1, PSNR against dense,
-    computed steps / dB: with a warm-up of 3 calls and a dense last step 11.7 / 33.0 at 20 steps and 19.5 / 39.7 at
-    50; with runs of two skips everywhere (``single_skips_until=0``) 11.5 / 35.6, 14.5 / 38.1, 19.0 / 40.4 and
-    23.7 / 45.0 at 20, 30, 40 and 50 steps; as now 11.5 / 39.7, 15.5 / 40.4, 20.7 / 44.9 and 25.7 / 47.6.
+    *Whether a candidate is skipped* (:meth:`skip`, at run time): after a computed step the forecast error ``e`` it
+    showed (relative, ‖y − ŷ‖ / ‖y‖, normalised to one timestep interval of the history it came from) predicts the
+    error of skipping ahead by ``h`` intervals as ``e·h²`` (the error of a first-order extrapolation grows with the
+    square of the distance). A candidate is skipped while that prediction, summed over the run, stays below
+    ``tolerance``; a skip also needs three computed calls of every branch, the third one measuring the error. Every
+    quantity is a ratio or a fraction of the steps, so the defaults mean the same on every model and step count.
+
+    Development prompts of the bundled model (six prompts × three seeds, none reported by a benchmark), tolerance
+    0.1, computed steps / PSNR against dense: alternating forwards from the warm-up (stop 16) 11.7 / 38.3 dB at 20
+    steps, 25.6 / 46.4 dB at 50; this plan 12.4 / 42.5 dB and 26.0 / 47.4 dB (docs/schedules.md).
     """
 
-    tolerance: float = 0.1
-    max_skips: int = 2
-    warmup: int | None = None
-    single_skips_until: float = 0.5
+    def candidates(self, num_steps: int) -> frozenset[int]:
+        """The steps of a ``num_steps`` run that may be skipped (see the class docstring)."""
+        warmup = dense_warmup_steps(num_steps) if self.warmup is None else self.warmup
+        longest = min(self.max_skips, max(1, num_steps // 15))
+        single_until = self.single_skips_until * num_steps
+        if self.max_skips < 1 or num_steps - 1 < max(warmup, 2):
+            return frozenset()
+        steps = {num_steps - 1}
+        anchor = num_steps - 2  # computed
+        while anchor - 1 >= warmup:
+            run = 1
+            while run < longest and anchor - run - 1 >= max(warmup, single_until):
+                run += 1
+            steps.update(range(anchor - run, anchor))
+            anchor -= run + 1
+        return frozenset(steps)
 
     def skip(self, states: list[StepForecastState], step: int, num_steps: int, t: float, skipped: int,
              accumulated: float) -> tuple[bool, float]:
         """Whether to skip ``step`` (timestep ``t``) after ``skipped`` consecutive skips, and the new accumulated
         predicted error."""
-        warmup = dense_warmup_steps(num_steps) if self.warmup is None else self.warmup
-        longest = min(1, self.max_skips) if step < self.single_skips_until * num_steps else self.max_skips
-        if step < warmup or skipped >= longest:
+        if step not in self.candidates(num_steps):
             return False, 0.0
         if not states or any(s.computed < 3 or s.error is None or not s.forecast.ready for s in states):
             return False, 0.0
