@@ -1,7 +1,7 @@
 """Whole-step reuse: a step whose budget is 0 runs no block; the transformer's output is a forecast.
 
 The hook sits on the transformer, inside the step tracker (which resolves the step and its budget first). Per CFG
-branch it keeps the Taylor history (:class:`~vdit_accel.methods.forecast.TaylorForecast`, first order along the
+branch it keeps the Taylor history (:class:`~vdit_accel.methods.forecast.TensorForecast`, first order along the
 timestep axis) of the transformer's output over the steps that were computed. A budget-0 step returns the forecast
 without running the embedding, the blocks or the head; a budget-0 step with nothing to forecast from (the first call
 of a branch) is computed densely and recorded as such.
@@ -35,7 +35,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..runtime import AccelRuntime, ContextStateManager
 from ..schedule import AutoSettings, dense_warmup_steps
-from .forecast import TaylorForecast
+from .forecast import TensorForecast
 
 STEP_FORECAST_HOOK = "vdit_accel_step_forecast"
 INITIAL_DAMPING = 0.5  # λ before the first fit (a skip right after the warm-up); fitted from the third computed step
@@ -49,7 +49,7 @@ class StepForecastState(BaseState):
         self.reset()
 
     def reset(self, *args, **kwargs) -> None:
-        self.forecast = TaylorForecast(self.order, self.horizon)
+        self.forecast = TensorForecast(self.order, self.horizon)
         self.damping = INITIAL_DAMPING  # λ: the fraction of the Taylor step taken (fitted at each computed step)
         self.fit_distance = 1.0  # how far (in history intervals) the forecast that λ was fitted on reached
         self.shape: torch.Size | None = None
@@ -168,7 +168,7 @@ class StepForecastHook(ModelHook):
             if rt.current is not None:
                 rt.current.skipped = True
             sample = _damped_predict(state, rt.timestep)  # float32; the model's dtype again below
-            self.forecast_sample = sample.to(state.forecast.value.dtype).reshape(state.shape)
+            self.forecast_sample = sample.to(state.forecast.dtype).reshape(state.shape)
             self.template = state.template
 
     def new_forward(self, module, *args, **kwargs):
@@ -189,14 +189,16 @@ class StepForecastHook(ModelHook):
         if state.shape is not None and state.shape != sample.shape:
             state.reset()
         flat = sample.detach().reshape(sample.shape[0], 1, -1)
+        residual = None
         if state.computed >= 2 and state.forecast.value.shape == flat.shape:
-            full = state.forecast.predict(rt.timestep, dtype=torch.float32)  # the Taylor forecast, once for both
+            increment = state.forecast.increment(rt.timestep)  # the Taylor step, once for the error and the fit
+            residual = flat.float() - state.forecast.value  # y − y_last, also the history's next difference
             if rt.auto is not None:  # the error of the forecast as it stood (before this step refits λ)
-                state.error = _normalised_error(state, flat, rt.timestep, full)
-            state.damping = _fit_damping(state.forecast, flat, rt.timestep, state.damping, full)
+                state.error = _normalised_error(state, flat, rt.timestep, increment, residual)
+            state.damping = _fit_damping(state.forecast, flat, rt.timestep, state.damping, increment, residual)
             state.fit_distance = max(_distance(state.forecast, rt.timestep), 1e-6)
         state.template, state.shape = template, sample.shape
-        state.forecast.update(flat, rt.timestep)
+        state.forecast.update(flat, rt.timestep, residual)
         state.step = rt.step
         state.computed += 1
         return output
@@ -222,51 +224,55 @@ class StepForecastHook(ModelHook):
         return module
 
 
-def _interval(forecast: TaylorForecast) -> float:
+def _interval(forecast: TensorForecast) -> float:
     """The timestep interval between the last two computed steps; 0 when there is only one."""
-    times = forecast.times[0, 0]
-    interval = abs(float(times[0] - times[1]))
+    interval = forecast.interval()
     return interval if math.isfinite(interval) else 0.0
 
 
-def _distance(forecast: TaylorForecast, t: float) -> float:
+def _distance(forecast: TensorForecast, t: float) -> float:
     """How far ``t`` lies from the last computed step, in units of the last interval between computed steps (1 when
     there is no interval yet)."""
     interval = _interval(forecast)
-    return abs(t - float(forecast.times[0, 0, 0])) / interval if interval > 0 else 1.0
+    return abs(t - forecast.times[0]) / interval if interval > 0 else 1.0
 
 
-def _damped_predict(state: StepForecastState, t: float, full: torch.Tensor | None = None) -> torch.Tensor:
-    """The skipped-step forecast at ``t``: the last output moved by a fraction of the Taylor step. The fraction is
-    ``state.damping`` at the distance it was fitted at and shrinks linearly towards 1 (the full step) nearer, so
-    the deviation from the line grows with the square of the distance: ``1 − (1 − λ) · h / h_fit``, in [0, 1]
-    (float32). ``full`` is the Taylor forecast at ``t`` when already computed."""
-    full = state.forecast.predict(t, dtype=torch.float32) if full is None else full
-    last = state.forecast.value.float()
+def _damping_at(state: StepForecastState, t: float) -> float:
+    """The fraction of the Taylor step taken at ``t``: ``state.damping`` at the distance it was fitted at, shrinking
+    linearly towards 1 (the full step) nearer, so the deviation from the line grows with the square of the distance:
+    ``1 − (1 − λ) · h / h_fit``, in [0, 1]."""
     lam = 1.0 - (1.0 - state.damping) * _distance(state.forecast, t) / state.fit_distance
-    return last + min(max(lam, 0.0), 1.0) * (full - last)
+    return min(max(lam, 0.0), 1.0)
 
 
-def _fit_damping(forecast: TaylorForecast, y: torch.Tensor, t: float, previous: float,
-                 full: torch.Tensor | None = None) -> float:
+def _damped_predict(state: StepForecastState, t: float) -> torch.Tensor:
+    """The skipped-step forecast at ``t`` (float32): the last output moved by the fraction :func:`_damping_at` of
+    the Taylor step."""
+    return state.forecast.predict(t, torch.float32, scale=_damping_at(state, t))
+
+
+def _fit_damping(forecast: TensorForecast, y: torch.Tensor, t: float, previous: float,
+                 increment: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> float:
     """The λ in [0, 1] for which ``y_last + λ · (taylor(t) − y_last)`` is closest (least squares) to the output ``y``
-    just computed at ``t``; ``previous`` when the Taylor step is zero (nothing to fit). ``full``: ``taylor(t)`` when
-    already computed."""
-    last = forecast.value.float()
-    step = (forecast.predict(t, dtype=torch.float32) if full is None else full) - last
-    norm = float((step * step).sum())
+    just computed at ``t``; ``previous`` when the Taylor step is zero (nothing to fit). ``increment``
+    (``taylor(t) − y_last``) and ``residual`` (``y − y_last``, float32) when already computed."""
+    step = forecast.increment(t) if increment is None else increment
+    norm = float(torch.dot(step.flatten(), step.flatten()))
     if not math.isfinite(norm) or norm <= 0.0:
         return previous
-    lam = float(((y.float() - last) * step).sum()) / norm
+    r = y.float() - forecast.value if residual is None else residual
+    lam = float(torch.dot(r.flatten(), step.flatten())) / norm
     return min(max(lam, 0.0), 1.0) if math.isfinite(lam) else previous
 
 
-def _normalised_error(state: StepForecastState, y: torch.Tensor, t: float, full: torch.Tensor | None = None) -> float:
+def _normalised_error(state: StepForecastState, y: torch.Tensor, t: float, increment: torch.Tensor | None = None,
+                      residual: torch.Tensor | None = None) -> float:
     """Relative error of the (damped) forecast of ``y`` at ``t``, divided by the squared horizon in history
-    intervals."""
+    intervals: ``‖λ_h · increment − residual‖ / ‖y‖ / h²``."""
     h = _distance(state.forecast, t)
-    yf = y.float()
-    err = float((_damped_predict(state, t, full) - yf).norm() / yf.norm().clamp_min(1e-12))
+    step = state.forecast.increment(t) if increment is None else increment
+    r = y.float() - state.forecast.value if residual is None else residual
+    err = float(torch.add(r, step, alpha=-_damping_at(state, t)).norm() / y.float().norm().clamp_min(1e-12))
     return err / max(h * h, 1e-12)
 
 
