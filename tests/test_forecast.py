@@ -207,34 +207,53 @@ def test_auto_warm_up_is_a_fraction_of_the_steps():
         BudgetSchedule.auto(warmup=1)
 
 
-@pytest.mark.parametrize("steps, until, expected", [
-    # at 50 steps: one skip in a row before step 25, two after (50 // 15 = 3 > max_skips); the last step alone
-    (50, 0.5, "DDDDDDDDDDD.D.D.D.D.D.D.D..D..D..D..D..D..D..D..D."),
-    (50, 0.0, "DDDDDDDDDD..D..D..D..D..D..D..D..D..D..D..D..D..D."),
-    (50, 1.0, "DDDDDDDDDDD.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D.D."),
-    (50, None, "D" * 50),  # max_skips=0: no skips, in either half
-    (30, 0.5, "DDDDDDD.D.D.D.D.D..D..D..D..D."),
-    (20, 0.5, "DDDDD.D.D.D.D.D.D.D."),  # 20 // 15 = 1: single skips; step 18 (the largest σ interval) computed
-    (20, 0.0, "DDDDD.D.D.D.D.D.D.D."),
+@pytest.mark.parametrize("steps, settings, expected", [
+    # the tiny Wan's flow schedule (shift 7): one skip in a row before 45 % of the steps, then runs of up to two while
+    # a run spans at most 15 % of the timestep range; the last step alone, the one before it computed
+    (50, {}, "DDDDDDDDDDD.D.D.D.D.D.D..D..D..D..D..D..D..D..D.D."),
+    (50, {"single_skips_until": 0.0}, "DDDDDDDDDDD..D..D..D..D..D..D..D..D..D..D..D..D.D."),
+    (50, {"single_skips_until": 1.0}, "DDDDDDDDDDD" + ".D" * 19 + "."),
+    (50, {"max_skips": 0}, "D" * 50),  # no skips, in either part
+    (30, {}, "DDDDDDD.D.D.D.D..D..D..D..D.D."),
+    (20, {}, "DDDDD.D.D.D..D..D.D."),  # the late pairs span more than 15 % of the range: single skips there
+    (20, {"max_run_span": 0.0}, "DDDDD.D.D.D.D.D.D.D."),
+    (20, {"max_run_span": 1.0}, "DDDD.D.D.D..D..D..D."),
 ])
-def test_auto_runs_of_skips_are_single_in_the_first_half(steps, until, expected):
+def test_auto_runs_of_skips_are_single_in_the_first_half(steps, settings, expected):
     """The plan laid out from the end: before the fraction ``single_skips_until`` of the steps a run of skips is one
-    step long, after it up to ``max(1, steps // 15)`` and ``max_skips``; the last step is skipped alone."""
+    step long, after it up to ``max_skips`` while it spans at most ``max_run_span`` of the scheduler's timestep range;
+    the last step is skipped alone."""
     from vdit_accel.testing import build_tiny_wan_pipeline
 
     pipe = build_tiny_wan_pipeline()
-    schedule = (BudgetSchedule.auto(tolerance=10.0, max_skips=0) if until is None
-                else BudgetSchedule.auto(tolerance=10.0, single_skips_until=until))
-    pipe.enable_acceleration(schedule=schedule)
+    pipe.enable_acceleration(schedule=BudgetSchedule.auto(tolerance=10.0, **settings))
     run_pipe(pipe, steps=steps, output_type="latent")
     budgets = vdit_accel.summary(pipe)["budgets"]
     assert "".join("D" if b == 1.0 else "." for b in budgets) == expected
 
 
+def test_auto_plan_follows_the_schedulers_intervals():
+    """The same step count gives different plans on different timestep spacings: runs of two where the intervals are
+    short, single skips where they are long; without timesteps (steps driven by hand) the intervals are even."""
+    from vdit_accel.methods.step_forecast import AutoDecider
+
+    plan = lambda ts: "".join("." if k in AutoDecider().candidates(20, ts) else "D" for k in range(20))  # noqa: E731
+    even = [1000.0 - 50.0 * k for k in range(20)]
+    late_long = [1000.0 * (1 - (k / 20) ** 2) for k in range(20)]  # intervals growing towards the end
+    assert plan(even) == plan(None) == "DDDD.D.D.D..D..D..D."
+    assert plan(late_long) == "DDDDD.D.D..D..D.D.D."
+
+
+@pytest.mark.parametrize("name", ["single_skips_until", "max_run_span"])
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), True, "half"])
-def test_auto_single_skips_until_is_validated(value):
-    with pytest.raises(ValueError, match=r"auto\(single_skips_until=\.\.\.\)"):
-        BudgetSchedule.auto(single_skips_until=value)
+def test_auto_fractions_are_validated(name, value):
+    with pytest.raises(ValueError, match=rf"auto\({name}=\.\.\.\)"):
+        BudgetSchedule.auto(**{name: value})
+
+
+def test_auto_unknown_setting_is_refused():
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['speedup'\].*max_run_span"):
+        BudgetSchedule.auto(speedup=2.0)
 
 
 def test_a_skipped_step_returns_the_models_dtype():

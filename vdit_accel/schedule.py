@@ -166,7 +166,7 @@ class BudgetSchedule:
     @classmethod
     def auto(cls, **settings) -> "BudgetSchedule":
         """Decide at run time, calibration-free (:class:`AutoSettings`: ``tolerance``, ``max_skips``, ``warmup``,
-        ``single_skips_until``): the skips are laid out backwards from the end, alternating with computed steps after
+        ``single_skips_until``, ``max_run_span``): the skips are laid out backwards from the end, alternating with computed steps after
         a dense warm-up, and each is taken while the forecast error the run shows, grown with the square of the skip
         distance, stays below ``tolerance`` (relative). Lower ``tolerance`` is closer to dense. See
         :class:`vdit_accel.methods.step_forecast.AutoDecider` and docs/schedules.md."""
@@ -380,24 +380,28 @@ class AutoSettings:
         max_skips: the longest run of skipped steps; 0 computes every step.
         warmup: leading steps always computed; None is 20 % of the steps.
         single_skips_until: before this fraction of the steps a run of skips is one step long.
+        max_run_span: a run of more than one skip spans at most this fraction of the timestep range.
     """
 
     tolerance: float = 0.2
     max_skips: int = 2
     warmup: int | None = None
-    single_skips_until: float = 0.5
+    single_skips_until: float = 0.45
+    max_run_span: float = 0.15
 
     def __post_init__(self):
         for name, ok in (("tolerance", _finite_number(self.tolerance) and self.tolerance >= 0),
                          ("max_skips", isinstance(self.max_skips, int) and self.max_skips >= 0),
                          ("warmup", self.warmup is None or (isinstance(self.warmup, int) and self.warmup >= 2)),
                          ("single_skips_until",
-                          _finite_number(self.single_skips_until) and 0 <= self.single_skips_until <= 1)):
+                          _finite_number(self.single_skips_until) and 0 <= self.single_skips_until <= 1),
+                         ("max_run_span", _finite_number(self.max_run_span) and 0 <= self.max_run_span <= 1)):
             value = getattr(self, name)
             if not ok or isinstance(value, bool):
                 raise ValueError(f"`BudgetSchedule.auto({name}=...)` got {value!r}: tolerance is a finite number >= 0 "
                                  f"(e.g. 0.2), max_skips an int >= 0, warmup None (20 % of the steps) or an int >= 2, "
-                                 f"single_skips_until a fraction of the steps in [0, 1] (e.g. 0.5).")
+                                 f"single_skips_until a fraction of the steps in [0, 1] (e.g. 0.45), max_run_span a "
+                                 f"fraction of the timestep range in [0, 1] (e.g. 0.15).")
 
 
 RUN_TIME_KEYS = frozenset(f.name for f in fields(AutoSettings))  # the settings of BudgetSchedule.auto

@@ -60,55 +60,50 @@ class StepForecastState(BaseState):
 
 
 class AutoDecider(AutoSettings):
-    """Run-time skip decisions for ``schedule="auto"``.
+    """Run-time skip decisions for ``schedule="auto"`` (the settings: :class:`~vdit_accel.schedule.AutoSettings`).
 
-    *Where skips may fall* (:meth:`candidates`, fixed by the step count): the plan is laid out backwards from the
-    end. The last step may be skipped alone (it moves the latent by the run's smallest σ interval); the step before
-    it is computed (the largest interval on flow-matching schedules). Further back, runs of skips alternate with one
-    computed step: a run is one step long before the fraction ``single_skips_until`` of the steps (early in the
-    trajectory, where the content forms, a forecast two steps out costs far more than later) and after it up to
-    ``max(1, num_steps // 15)`` steps (a run spans at most about a fifteenth of the trajectory), never more than
-    ``max_skips``. The first ``warmup`` steps are computed (default: 20 % of the steps, the rule's dense warm-up).
-    Laying the runs out from the end puts the skips on the cheap side of each alternation: at 20 steps the plan is
-    ``DDDDD.D.D.D.D.D.D.D.`` (step 4, the second-costliest skip of ``benchmarks/results/skip_profile.md``, and step
-    18, the costliest late one, computed), where alternating forwards from the warm-up gives
-    ``DDDD.D.D.D.D.D.D.D.D``.
+    *Where skips may fall* (:meth:`candidates`, fixed by the run's timesteps): the plan is laid out backwards from the
+    end. The last step may be skipped alone (it moves the latent by the run's smallest σ interval on flow-matching
+    schedules); the step before it is computed (the largest interval there). Further back, runs of skips alternate
+    with one computed step: a run is one step long before the fraction ``single_skips_until`` of the steps (early in
+    the trajectory, where the content forms, a forecast two steps out costs far more than later); after it a run may
+    grow to ``max_skips`` steps while it spans at most ``max_run_span`` of the timestep range (the forecast's error
+    grows with the distance it extrapolates, not with the number of steps). The first ``warmup`` steps are computed
+    (default: 20 % of the steps, the rule's dense warm-up). At 20 steps of the bundled model the plan is
+    ``DDDDD.D.D..D..D.D.D.``: alternating forwards from the warm-up instead would skip step 4, the second-costliest
+    skip of ``benchmarks/results/skip_profile.md``, and step 18, the costliest late one.
 
     *Whether a candidate is skipped* (:meth:`skip`, at run time): after a computed step the forecast error ``e`` it
     showed (relative, ‖y − ŷ‖ / ‖y‖, normalised to one timestep interval of the history it came from) predicts the
     error of skipping ahead by ``h`` intervals as ``e·h²`` (the error of a first-order extrapolation grows with the
     square of the distance). A candidate is skipped while that prediction, summed over the run, stays below
     ``tolerance``; a skip also needs three computed calls of every branch, the third one measuring the error. Every
-    quantity is a ratio or a fraction of the steps, so the defaults mean the same on every model and step count.
-
-    Development prompts of the bundled model (six prompts × three seeds, none reported by a benchmark), tolerance
-    0.1, computed steps / PSNR against dense: alternating forwards from the warm-up (stop 16) 11.7 / 38.3 dB at 20
-    steps, 25.6 / 46.4 dB at 50; this plan 12.4 / 42.5 dB and 26.0 / 47.4 dB (docs/schedules.md).
+    quantity is a ratio or a fraction, so the defaults mean the same on every model and step count. Measured:
+    docs/schedules.md.
     """
 
-    def candidates(self, num_steps: int) -> frozenset[int]:
-        """The steps of a ``num_steps`` run that may be skipped (see the class docstring)."""
+    def candidates(self, num_steps: int, timesteps=None) -> frozenset[int]:
+        """The steps of a ``num_steps`` run that may be skipped. ``timesteps``: the scheduler's (a tensor or a
+        sequence, first step first); without them the intervals are taken as even."""
         warmup = dense_warmup_steps(num_steps) if self.warmup is None else self.warmup
-        longest = min(self.max_skips, max(1, num_steps // 15))
-        single_until = self.single_skips_until * num_steps
         if self.max_skips < 1 or num_steps - 1 < max(warmup, 2):
             return frozenset()
+        spans = _normalised_intervals(num_steps, timesteps)
+        single_until = self.single_skips_until * num_steps
         steps = {num_steps - 1}
         anchor = num_steps - 2  # computed
         while anchor - 1 >= warmup:
             run = 1
-            while run < longest and anchor - run - 1 >= max(warmup, single_until):
+            while (run < self.max_skips and anchor - run - 1 >= max(warmup, single_until)
+                   and sum(spans[anchor - run - 1:anchor]) <= self.max_run_span):
                 run += 1
             steps.update(range(anchor - run, anchor))
             anchor -= run + 1
         return frozenset(steps)
 
-    def skip(self, states: list[StepForecastState], step: int, num_steps: int, t: float, skipped: int,
-             accumulated: float) -> tuple[bool, float]:
-        """Whether to skip ``step`` (timestep ``t``) after ``skipped`` consecutive skips, and the new accumulated
-        predicted error."""
-        if step not in self.candidates(num_steps):
-            return False, 0.0
+    def skip(self, states: list[StepForecastState], t: float, accumulated: float) -> tuple[bool, float]:
+        """Whether to skip a candidate step at timestep ``t`` after skips that accumulated ``accumulated`` predicted
+        error, and the new accumulated error."""
         if not states or any(s.computed < 3 or s.error is None or not s.forecast.ready for s in states):
             return False, 0.0
         predicted = 0.0
@@ -119,6 +114,16 @@ class AutoDecider(AutoSettings):
             predicted = max(predicted, s.error * h * h)
         total = accumulated + predicted
         return total <= self.tolerance, total
+
+
+def _normalised_intervals(num_steps: int, timesteps) -> list[float]:
+    """Each step's timestep interval (to the next step's timestep, the last to 0) as a fraction of the first
+    timestep; even intervals when the timesteps are unknown or do not fit."""
+    if timesteps is not None and len(timesteps) == num_steps:
+        ts = [float(x) for x in timesteps] + [0.0]
+        if ts[0] > 0 and all(math.isfinite(x) for x in ts):
+            return [abs(ts[k] - ts[k + 1]) / ts[0] for k in range(num_steps)]
+    return [1.0 / num_steps] * num_steps
 
 
 class StepForecastHook(ModelHook):
@@ -143,8 +148,8 @@ class StepForecastHook(ModelHook):
         self.template = "tensor"
         self._decided_step = -1  # auto: the step whose decision is made (shared by the CFG branches of a step)
         self._skip_step = False
-        self._skipped = 0
         self._accumulated = 0.0
+        self._candidates: frozenset[int] = frozenset()  # auto: this run's candidate skips
 
     def initialize_hook(self, module):
         self.runtime.add_call_preparer(self.prepare_call, first=True)  # the blocks prepare with its decision
@@ -205,12 +210,14 @@ class StepForecastHook(ModelHook):
 
     def _decide(self, rt: AccelRuntime) -> None:
         if rt.step < self._decided_step or rt.step == 0:  # a new run
-            self._decided_step, self._skipped, self._accumulated = -1, 0, 0.0
+            self._decided_step, self._accumulated = -1, 0.0
+            self._candidates = rt.auto.candidates(rt.num_steps, rt.timesteps)
         if rt.step != self._decided_step:
-            states = list(self.state_manager._state_cache.values())
-            self._skip_step, total = rt.auto.skip(states, rt.step, rt.num_steps, rt.timestep, self._skipped,
-                                                  self._accumulated)
-            self._skipped, self._accumulated = (self._skipped + 1, total) if self._skip_step else (0, 0.0)
+            self._skip_step, total = False, 0.0
+            if rt.step in self._candidates:
+                states = list(self.state_manager._state_cache.values())
+                self._skip_step, total = rt.auto.skip(states, rt.timestep, self._accumulated)
+            self._accumulated = total if self._skip_step else 0.0
             self._decided_step = rt.step
         if rt.budgets is not None and rt.step < len(rt.budgets):
             rt.budgets[rt.step] = 0.0 if self._skip_step else 1.0
@@ -220,7 +227,7 @@ class StepForecastHook(ModelHook):
     def reset_state(self, module):
         self.state_manager.reset()
         self.skip, self.forecast_sample = False, None
-        self._decided_step, self._skipped, self._accumulated = -1, 0, 0.0
+        self._decided_step, self._accumulated = -1, 0.0
         return module
 
 

@@ -94,6 +94,7 @@ class AccelRuntime:
     step: int = 0
     num_steps: int = 0
     timestep: float = 0.0  # the transformer's timestep argument this call (the axis of the forecasts)
+    timesteps: Any = None  # the running scheduler's timesteps (a tensor), when a pipeline drives the steps
     auto: Any = None  # schedule="auto": the run-time skip decider (vdit_accel.methods.step_forecast.AutoDecider)
     context: str = "default"
     selection: Selection | None = None

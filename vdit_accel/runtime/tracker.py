@@ -212,7 +212,7 @@ class StepTrackerHook(ModelHook):
             self._seen.clear()
         self._call_marker, self._last_step = marker, step
         self._seen.add((step, context))
-        rt.step, rt.num_steps = step, num_steps
+        rt.step, rt.num_steps, rt.timesteps = step, num_steps, marker
         rt.context = context
         rt.flush_counts()
         rt.records.append(StepRecord(step=step, context=rt.context, budget=rt.budget, batch=0))
