@@ -209,7 +209,7 @@ class StepForecastHook(ModelHook):
         return output
 
     def _decide(self, rt: AccelRuntime) -> None:
-        if rt.step < self._decided_step or rt.step == 0:  # a new run
+        if rt.step < self._decided_step or rt.step == 0 or self._decided_step < 0:  # a new run (or the first call)
             self._decided_step, self._accumulated = -1, 0.0
             self._candidates = rt.auto.candidates(rt.num_steps, rt.timesteps)
         if rt.step != self._decided_step:
