@@ -148,12 +148,16 @@ class BudgetSchedule:
                     f"below {limit:.0f}x. Ask for a lower speedup (2-3x is the useful range)."
                 )
         if self.run_time is not None:
-            if not isinstance(self.run_time, dict) or set(self.run_time) - RUN_TIME_KEYS:
-                raise ValueError(f"`run_time` must be a dict with {' / '.join(sorted(RUN_TIME_KEYS))} (see "
-                                 f"BudgetSchedule.auto), got {self.run_time!r}.")
+            if not isinstance(self.run_time, dict):
+                raise ValueError(f"`run_time` must be a dict of BudgetSchedule.auto settings "
+                                 f"({', '.join(sorted(RUN_TIME_KEYS))}), got {self.run_time!r}.")
+            unknown = set(self.run_time) - RUN_TIME_KEYS
+            if unknown:
+                raise ValueError(f"`BudgetSchedule.auto` got unknown setting(s) {sorted(unknown)}; the settings are "
+                                 f"{', '.join(sorted(RUN_TIME_KEYS))}.")
             if self.budgets is not None or self.speedup is not None:
                 raise ValueError("A run-time (auto) schedule has no `budgets` or `speedup`; drop them.")
-            AutoSettings(**self.run_time)
+            self.run_time = asdict(AutoSettings(**self.run_time))  # validated, with the defaults filled in
         if not isinstance(self.metadata, dict):
             raise TypeError(f"`metadata` must be a dict, got {type(self.metadata).__name__}.")
 
@@ -166,15 +170,11 @@ class BudgetSchedule:
     @classmethod
     def auto(cls, **settings) -> "BudgetSchedule":
         """Decide at run time, calibration-free (:class:`AutoSettings`: ``tolerance``, ``max_skips``, ``warmup``,
-        ``single_skips_until``, ``max_run_span``): the skips are laid out backwards from the end, alternating with computed steps after
-        a dense warm-up, and each is taken while the forecast error the run shows, grown with the square of the skip
-        distance, stays below ``tolerance`` (relative). Lower ``tolerance`` is closer to dense. See
-        :class:`vdit_accel.methods.step_forecast.AutoDecider` and docs/schedules.md."""
-        unknown = set(settings) - RUN_TIME_KEYS
-        if unknown:
-            raise ValueError(f"`BudgetSchedule.auto` got unknown setting(s) {sorted(unknown)}; the settings are "
-                             f"{', '.join(sorted(RUN_TIME_KEYS))}.")
-        return cls(run_time=asdict(AutoSettings(**settings)))
+        ``single_skips_until``, ``max_run_span``): the skips are laid out backwards from the end, alternating with
+        computed steps after a dense warm-up, and each is taken while the forecast error the run shows, grown with the
+        square of the skip distance, stays below ``tolerance`` (relative). Lower ``tolerance`` is closer to dense.
+        See :class:`vdit_accel.methods.step_forecast.AutoDecider` and docs/schedules.md."""
+        return cls(run_time=dict(settings))
 
     @classmethod
     def dense(cls) -> "BudgetSchedule":

@@ -23,6 +23,8 @@ tensor([[[3.]]])
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -171,8 +173,9 @@ class TensorForecast:
         self.times = [t, *self.times[:self.order]]
 
     def interval(self) -> float:
-        """The timestep interval between the last two updates (0 with one)."""
-        return abs(self.times[0] - self.times[1]) if len(self.times) > 1 else 0.0
+        """The timestep interval between the last two updates (0 with one, or when it is not finite)."""
+        interval = abs(self.times[0] - self.times[1]) if len(self.times) > 1 else 0.0
+        return interval if math.isfinite(interval) else 0.0
 
     def increment(self, t: float) -> torch.Tensor:
         """``taylor(t) − value`` (float32), the distance capped at ``horizon`` times the last interval."""

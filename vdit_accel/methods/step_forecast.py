@@ -108,7 +108,7 @@ class AutoDecider(AutoSettings):
             return False, 0.0
         predicted = 0.0
         for s in states:
-            if _interval(s.forecast) <= 0:
+            if s.forecast.interval() <= 0:
                 return False, 0.0
             h = _distance(s.forecast, t)
             predicted = max(predicted, s.error * h * h)
@@ -231,16 +231,10 @@ class StepForecastHook(ModelHook):
         return module
 
 
-def _interval(forecast: TensorForecast) -> float:
-    """The timestep interval between the last two computed steps; 0 when there is only one."""
-    interval = forecast.interval()
-    return interval if math.isfinite(interval) else 0.0
-
-
 def _distance(forecast: TensorForecast, t: float) -> float:
     """How far ``t`` lies from the last computed step, in units of the last interval between computed steps (1 when
     there is no interval yet)."""
-    interval = _interval(forecast)
+    interval = forecast.interval()
     return abs(t - forecast.times[0]) / interval if interval > 0 else 1.0
 
 
