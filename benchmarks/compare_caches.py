@@ -109,7 +109,7 @@ def quality_methods(pipe, settings, quick: bool, log=print) -> tuple[list[Method
             speedup=s))), lambda: disable_acceleration(pipe), dict(speedup=s)))
     from vdit_accel import BudgetSchedule
 
-    for tol in ([0.2] if quick else [0.05, 0.1, 0.2]):  # calibration-free run-time decisions (0.2: the default)
+    for tol in ([0.25] if quick else [0.1, 0.25, 0.5]):  # calibration-free run-time decisions (0.25: the default)
         methods.append(Method("vdit-accel", f"auto, tolerance={tol}", (lambda tol=tol: enable_acceleration(
             pipe, AccelerationConfig(schedule=BudgetSchedule.auto(tolerance=tol)))), lambda: disable_acceleration(pipe),
             dict(schedule="auto", tolerance=tol)))

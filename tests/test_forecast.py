@@ -189,13 +189,14 @@ def test_summary_budgets_are_a_snapshot_of_the_run():
 
 
 def test_auto_warm_up_is_a_fraction_of_the_steps():
-    """The default warm-up is the rule's (20 % of the steps), an explicit one a number of steps; the first skip is
-    the first step after it that the plan, laid out from the end, leaves to a forecast."""
+    """The default warm-up is a quarter of the steps (rounded up), an explicit one a number of steps; the first
+    skip is the first step after it that the plan, laid out from the end, leaves to a forecast."""
     from vdit_accel.testing import build_tiny_wan_pipeline
 
     pipe = build_tiny_wan_pipeline()
-    for schedule, steps, warm, first_skip in ((BudgetSchedule.auto(tolerance=10.0), 20, 4, 5),
-                                              (BudgetSchedule.auto(tolerance=10.0), 30, 6, 7),
+    for schedule, steps, warm, first_skip in ((BudgetSchedule.auto(tolerance=10.0), 20, 5, 5),
+                                              (BudgetSchedule.auto(tolerance=10.0), 30, 8, 9),
+                                              (BudgetSchedule.auto(tolerance=10.0), 10, 3, 3),
                                               (BudgetSchedule.auto(tolerance=10.0, warmup=8), 20, 8, 9),
                                               (BudgetSchedule.auto(tolerance=10.0, warmup=9), 20, 9, 9)):
         pipe.enable_acceleration(schedule=schedule)
@@ -210,14 +211,14 @@ def test_auto_warm_up_is_a_fraction_of_the_steps():
 @pytest.mark.parametrize("steps, settings, expected", [
     # the tiny Wan's flow schedule (shift 7): one skip in a row before 45 % of the steps, then runs of up to two while
     # a run spans at most 15 % of the timestep range; the last step alone, the one before it computed
-    (50, {}, "DDDDDDDDDDD.D.D.D.D.D.D..D..D..D..D..D..D..D..D.D."),
-    (50, {"single_skips_until": 0.0}, "DDDDDDDDDDD..D..D..D..D..D..D..D..D..D..D..D..D.D."),
-    (50, {"single_skips_until": 1.0}, "DDDDDDDDDDD" + ".D" * 19 + "."),
+    (50, {}, "DDDDDDDDDDDDD.D.D.D.D.D..D..D..D..D..D..D..D..D.D."),
+    (50, {"single_skips_until": 0.0}, "DDDDDDDDDDDDDD..D..D..D..D..D..D..D..D..D..D..D.D."),
+    (50, {"single_skips_until": 1.0}, "DDDDDDDDDDDDD" + ".D" * 18 + "."),
     (50, {"max_skips": 0}, "D" * 50),  # no skips, in either part
-    (30, {}, "DDDDDDD.D.D.D.D..D..D..D..D.D."),
+    (30, {}, "DDDDDDDDD.D.D.D..D..D..D..D.D."),
     (20, {}, "DDDDD.D.D.D..D..D.D."),  # the late pairs span more than 15 % of the range: single skips there
     (20, {"max_run_span": 0.0}, "DDDDD.D.D.D.D.D.D.D."),
-    (20, {"max_run_span": 1.0}, "DDDD.D.D.D..D..D..D."),
+    (20, {"max_run_span": 1.0}, "DDDDDD.D.D..D..D..D."),
 ])
 def test_auto_runs_of_skips_are_single_in_the_first_half(steps, settings, expected):
     """The plan laid out from the end: before the fraction ``single_skips_until`` of the steps a run of skips is one
@@ -240,7 +241,7 @@ def test_auto_plan_follows_the_schedulers_intervals():
     plan = lambda ts: "".join("." if k in AutoDecider().candidates(20, ts) else "D" for k in range(20))  # noqa: E731
     even = [1000.0 - 50.0 * k for k in range(20)]
     late_long = [1000.0 * (1 - (k / 20) ** 2) for k in range(20)]  # intervals growing towards the end
-    assert plan(even) == plan(None) == "DDDD.D.D.D..D..D..D."
+    assert plan(even) == plan(None) == "DDDDDD.D.D..D..D..D."
     assert plan(late_long) == "DDDDD.D.D..D..D.D.D."
 
 

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_generation_arguments(p)
     p.add_argument("--speedup", type=float, default=None, help="target transformer speedup, e.g. 2.0")
-    p.add_argument("--schedule", default=None, help="schedule JSON file (from `vdit-accel search`)")
+    p.add_argument("--schedule", default=None,
+                   help="schedule JSON file (from `vdit-accel search`), or `auto` (run-time decisions)")
     p.add_argument("--out", default="vdit_out", help="output folder")
     add_reuse_arguments(p)
     p.add_argument("--fps", type=int, default=8)

@@ -34,7 +34,7 @@ from diffusers.hooks.hooks import BaseState
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..runtime import AccelRuntime, ContextStateManager
-from ..schedule import AutoSettings, dense_warmup_steps
+from ..schedule import AutoSettings
 from .forecast import TensorForecast
 
 STEP_FORECAST_HOOK = "vdit_accel_step_forecast"
@@ -69,9 +69,9 @@ class AutoDecider(AutoSettings):
     the trajectory, where the content forms, a forecast two steps out costs far more than later); after it a run may
     grow to ``max_skips`` steps while it spans at most ``max_run_span`` of the timestep range (the forecast's error
     grows with the distance it extrapolates, not with the number of steps). The first ``warmup`` steps are computed
-    (default: 20 % of the steps, the rule's dense warm-up). At 20 steps of the bundled model the plan is
-    ``DDDDD.D.D..D..D.D.D.``: alternating forwards from the warm-up instead would skip step 4, the second-costliest
-    skip of ``benchmarks/results/skip_profile.md``, and step 18, the costliest late one.
+    (default: a quarter of the steps, :meth:`~vdit_accel.schedule.AutoSettings.warmup_steps`). At 20 steps of the
+    bundled model the plan is ``DDDDD.D.D..D..D.D.D.``: alternating forwards from the warm-up instead would skip step
+    4, the second-costliest skip of ``benchmarks/results/skip_profile.md``, and step 18, the costliest late one.
 
     *Whether a candidate is skipped* (:meth:`skip`, at run time): after a computed step the forecast error ``e`` it
     showed (relative, ‖y − ŷ‖ / ‖y‖, normalised to one timestep interval of the history it came from) predicts the
@@ -85,7 +85,7 @@ class AutoDecider(AutoSettings):
     def candidates(self, num_steps: int, timesteps=None) -> frozenset[int]:
         """The steps of a ``num_steps`` run that may be skipped. ``timesteps``: the scheduler's (a tensor or a
         sequence, first step first); without them the intervals are taken as even."""
-        warmup = dense_warmup_steps(num_steps) if self.warmup is None else self.warmup
+        warmup = self.warmup_steps(num_steps)
         if self.max_skips < 1 or num_steps - 1 < max(warmup, 2):
             return frozenset()
         spans = _normalised_intervals(num_steps, timesteps)
