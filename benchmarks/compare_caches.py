@@ -229,7 +229,8 @@ def _run_quality(model: str, prompts: list[str], reps: int, quick: bool, steps: 
     outputs: dict[str, list] = {}
     try:
         for rep in range(reps):
-            for m in methods:
+            # the order alternates between repetitions: a method's time does not depend on its place in the list
+            for m in (methods if rep % 2 == 0 else methods[::-1]):
                 if m.label in rows and rows[m.label]["status"] != "ok":
                     continue
                 row = rows.setdefault(m.label, dict(family=m.family, setting=m.setting, params=m.params,
@@ -279,7 +280,8 @@ def _run_quality(model: str, prompts: list[str], reps: int, quick: bool, steps: 
     return dict(model=model, prompts=prompts, seeds=list(range(len(prompts))), num_inference_steps=n_steps,
                 generation_kwargs=gen_kw, reps=reps, rows=rows,
                 torch_threads=torch.get_num_threads(),
-                timing="median over reps of each prompt's time, summed over prompts; methods interleaved per rep; "
+                timing="median over reps of each prompt's time, summed over prompts; methods interleaved per rep, in "
+                       "the listed order on even reps and reversed on odd ones; "
                        "transformer time = inside transformer(...) calls; CPU time = process CPU seconds (all "
                        "threads), which other processes' load does not inflate")
 
@@ -696,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="quality model (default: 'default' = bundled; --quick: tiny-wan)")
     p.add_argument("--prompts", type=int, default=None,
                    help="number of the bundled model's example prompts (quality; default 2, quick 1)")
-    p.add_argument("--reps", type=int, default=None, help="timed runs per prompt and method (default 3; quick 1)")
+    p.add_argument("--reps", type=int, default=None, help="timed runs per prompt and method (default 4; quick 1)")
     p.add_argument("--steps", type=int, default=None, help="quality steps (default: the model's default)")
     p.add_argument("--quality-threads", type=int, default=1,
                    help="torch threads for the quality part (its model is tiny; one thread keeps timings steadier "
@@ -713,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None and v < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     model = args.model or ("tiny-wan" if args.quick else "default")
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 4)  # even: the method order alternates between repetitions
     n_prompts = args.prompts or (1 if args.quick else 2)
     t0, load_start = time.perf_counter(), os.getloadavg()
     os.makedirs(args.out, exist_ok=True)

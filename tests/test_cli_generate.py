@@ -28,6 +28,16 @@ def test_generate_writes_videos_and_report(tmp_path, capsys):
     assert "speedup" in capsys.readouterr().out
 
 
+def test_generate_with_run_time_decisions(tmp_path):
+    """`--schedule auto`: the report holds the budgets the run decided (computed and skipped steps)."""
+    out = tmp_path / "out"
+    rc = main(["generate", "--model", "tiny-wan", "--prompt", "a dog dancing", "--steps", "10", "--schedule", "auto",
+               "--out", str(out)])
+    assert rc == 0
+    budgets = json.loads((out / "report.json").read_text())["acceleration"]["budgets"]
+    assert len(budgets) == 10 and set(budgets) == {0.0, 1.0} and budgets[:3] == [1.0] * 3
+
+
 def test_generate_bad_input_fails_before_loading(tmp_path, capsys):
     rc = main(["generate", "--model", "tiny-wan", "--prompt", "x", "--speedup", "0.3", "--out", str(tmp_path / "o")])
     assert rc == 2
