@@ -152,24 +152,34 @@ def test_forecast_settings_are_validated(kwargs, match):
                                      "build_tiny_hunyuan_video_pipeline", "build_tiny_ltx_pipeline",
                                      "build_tiny_mochi_pipeline"])
 def test_auto_schedule_skips_steps_and_decides_deterministically(builder):
-    """schedule="auto" decides at run time from the forecast error the run shows: it runs on every family, computes
-    fewer tokens than dense, and two runs decide the same budgets."""
+    """schedule="auto" with its defaults (no per-model setting) decides at run time from the forecast error the run
+    shows: it runs on every family, skips steps and runs fewer tokens than dense (a skipped step runs none, a computed
+    one all of them), and two runs decide the same budgets."""
     from vdit_accel import testing
 
     pipe = getattr(testing, builder)()
-    pipe.enable_acceleration(schedule=BudgetSchedule.auto(tolerance=10.0, max_skips=2))
-    budgets = []
+    pipe.enable_acceleration(schedule="auto")
+    budgets, steps = [], []
     for _ in range(2):
         out = run_pipe(pipe, steps=10, output_type="latent")  # decisions only: no VAE decode (LTX's takes ~50 s)
         budgets.append(list(vdit_accel.summary(pipe)["budgets"]))
+        steps.append(vdit_accel.get_runtime(pipe).summary())
     assert torch.isfinite(out).all()
-    assert budgets[0] == budgets[1]
-    # the plan from the end: the last step skipped, the one before it computed, single skips alternating back to the
-    # warm-up (two steps); a forecast's error is first measured at the third computed call, so step 3 is the first
-    # skip (this tolerance allows every skip)
-    assert budgets[0] == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
-    s = vdit_accel.summary(pipe)
-    assert s["computed_token_fraction"] < 1.0
+    assert budgets[0] == budgets[1] and steps[0] == steps[1]
+    assert set(budgets[0]) == {0.0, 1.0} and budgets[0][:3] == [1.0] * 3  # the warm-up: a quarter of 10 steps
+    per_step = steps[0]["steps"]
+    for b, s in zip(budgets[0], per_step):
+        assert s["skipped"] == (s["calls"] if b == 0.0 else 0)
+        assert s["ffn_tokens"] == (0 if b == 0.0 else s["dense_tokens"]) and s["dense_tokens"] > 0
+    assert steps[0]["computed_token_fraction"] == pytest.approx(sum(budgets[0]) / len(budgets[0]))
+    assert steps[0]["computed_token_fraction"] < 1.0
+    # where skips may fall is the same on every family: the last step skipped, the one before it computed, single
+    # skips alternating back to the warm-up; a forecast's error is first measured at the third computed call, so step
+    # 3 is the first skip (this tolerance allows every skip)
+    pipe.disable_acceleration()
+    pipe.enable_acceleration(schedule=BudgetSchedule.auto(tolerance=10.0))
+    run_pipe(pipe, steps=10, output_type="latent")
+    assert vdit_accel.summary(pipe)["budgets"] == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
 
 
 def test_summary_budgets_are_a_snapshot_of_the_run():
