@@ -197,9 +197,10 @@ class StepForecastHook(ModelHook):
         residual = None
         if state.computed >= 2 and state.forecast.value.shape == flat.shape:
             increment = state.forecast.increment(rt.timestep)  # the Taylor step, once for the error and the fit
-            residual = flat.float() - state.forecast.value  # y − y_last, also the history's next difference
+            y32 = flat.float()  # converted once (a no-op for a float32 model)
+            residual = y32 - state.forecast.value  # y − y_last, also the history's next difference
             if rt.auto is not None:  # the error of the forecast as it stood (before this step refits λ)
-                state.error = _normalised_error(state, flat, rt.timestep, increment, residual)
+                state.error = _normalised_error(state, y32, rt.timestep, increment, residual)
             state.damping = _fit_damping(state.forecast, flat, rt.timestep, state.damping, increment, residual)
             state.fit_distance = max(_distance(state.forecast, rt.timestep), 1e-6)
         state.template, state.shape = template, sample.shape
@@ -266,14 +267,13 @@ def _fit_damping(forecast: TensorForecast, y: torch.Tensor, t: float, previous: 
     return min(max(lam, 0.0), 1.0) if math.isfinite(lam) else previous
 
 
-def _normalised_error(state: StepForecastState, y: torch.Tensor, t: float, increment: torch.Tensor | None = None,
-                      residual: torch.Tensor | None = None) -> float:
-    """Relative error of the (damped) forecast of ``y`` at ``t``, divided by the squared horizon in history
-    intervals: ``‖λ_h · increment − residual‖ / ‖y‖ / h²``."""
+def _normalised_error(state: StepForecastState, y32: torch.Tensor, t: float, increment: torch.Tensor,
+                      residual: torch.Tensor) -> float:
+    """Relative error of the (damped) forecast of the output ``y32`` (float32) at ``t``, divided by the squared
+    horizon in history intervals: ``‖λ_h · increment − residual‖ / ‖y‖ / h²`` (``increment``: ``taylor(t) − y_last``,
+    ``residual``: ``y − y_last``)."""
     h = _distance(state.forecast, t)
-    step = state.forecast.increment(t) if increment is None else increment
-    r = y.float() - state.forecast.value if residual is None else residual
-    err = float(torch.add(r, step, alpha=-_damping_at(state, t)).norm() / y.float().norm().clamp_min(1e-12))
+    err = float(torch.add(residual, increment, alpha=-_damping_at(state, t)).norm() / y32.norm().clamp_min(1e-12))
     return err / max(h * h, 1e-12)
 
 
